@@ -1,0 +1,48 @@
+"""``imgpipe``: the project's command line. Each command group lives in its own module,
+which exposes ``register(subparsers)``; this module only wires them together."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Optional, Sequence
+
+# Modules that add commands. Each defines register(subparsers) and sets a ``func`` default.
+COMMAND_MODULES = (
+    "pipelines.datasets",  # imgpipe data sample
+    "pipelines.get_pipeline_definition",  # imgpipe definition
+    "pipelines.local.cli",  # imgpipe run / executions / models
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgpipe",
+        description="Image classification on SageMaker Pipelines, runnable offline.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a real missing dependency, not an absent command module
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""imgpipe: image classification built, tuned, gated, registered and deployed with
+Amazon SageMaker Pipelines, and runnable end to end offline from the same definition."""
+from setuptools import setup
+
+# The container scripts in steps/, training/ and inference/ are shipped to SageMaker as
+# source directories by the pipeline definition; they are not installed as packages.
+# Their shared code (training/imgclf) is also installed so the CLIs can use it.
+INSTALL_REQUIRES = [
+    "sagemaker>=2.257,<3",  # v3 removed sagemaker.workflow, Debugger rules and profiler config
+    "boto3>=1.35",
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "smdebug==1.0.34",
+    # smdebug 1.0.34 breaks with numpy 2 (ndarray.tostring), pandas 3 and newer protobuf.
+    "numpy>=1.24,<2",
+    "pandas<3",
+    "protobuf>=3.20,<=3.20.3",
+    "requests>=2.31",  # smdebug imports it without declaring it
+    "psutil>=5.9",  # smdebug imports it without declaring it; also the profiler sampler
+    "Pillow>=10,<14",
+    "matplotlib>=3.8,<4",
+    "optuna>=4,<6",  # Bayesian (TPE) / random / grid search for local tuning
+    "scikit-learn>=1.3,<2",  # only for the small 'digits' sample dataset
+    # moto's in-process AWS is how definitions are built offline (code uploads are
+    # captured and copied into the local object store, never sent anywhere).
+    "moto[s3]>=5,<6",
+]
+
+setup(
+    name="imgpipe",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.10,<3.13",
+    packages=["pipelines", "pipelines.local", "imgclf"],
+    package_dir={"imgclf": "training/imgclf"},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest>=8", "moto[server]>=5,<6"]},
+    entry_points={
+        "console_scripts": [
+            "imgpipe=pipelines.cli:main",
+            "get-pipeline-definition=pipelines.get_pipeline_definition:main",
+            "run-pipeline=pipelines.run_pipeline:main",
+        ]
+    },
+)
