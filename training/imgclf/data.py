@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
@@ -38,8 +38,9 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[st
 
 
 def square_resize(image: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` and centre-crop to ``size`` x ``size``."""
-    image = image.convert("RGB")
+    """Apply EXIF orientation, resize the shorter side to ``size`` and centre-crop to
+    ``size`` x ``size`` (the same in preprocessing, training, evaluation and inference)."""
+    image = ImageOps.exif_transpose(image).convert("RGB")
     width, height = image.size
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
@@ -94,6 +95,25 @@ class ImageFileDataset(torch.utils.data.Dataset):
         return load_uint8(path, self.size), label
 
 
+class TensorBatches:
+    """Shuffled batches over tensors held in memory (no per-item collation)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield self.images[index], self.labels[index]
+
+
 def make_loader(
     samples: Sequence[tuple[str, int]],
     size: int,
@@ -103,22 +123,19 @@ def make_loader(
     workers: int,
     seed: int = 0,
 ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of (uint8 images, labels): in-memory when the decoded set fits under
-    ``cache_limit_bytes``, else streamed from disk by ``workers`` DataLoader processes."""
+    """Batches of (uint8 images, labels): from memory when the decoded set fits under
+    ``cache_limit_bytes`` (decoded once with ``workers`` processes), else streamed from
+    disk by ``workers`` DataLoader processes."""
     labels = torch.tensor([label for _, label in samples], dtype=torch.long)
     if len(samples) * 3 * size * size <= cache_limit_bytes:
         images = decode_images([p for p, _ in samples], size, workers)
-        dataset = torch.utils.data.TensorDataset(images, labels)
-        workers = 0
-    else:
-        dataset = ImageFileDataset(samples, size)
-    generator = torch.Generator().manual_seed(seed)
+        return TensorBatches(images, labels, batch_size, shuffle, seed)
     return torch.utils.data.DataLoader(
-        dataset,
+        ImageFileDataset(samples, size),
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,
-        generator=generator,
+        generator=torch.Generator().manual_seed(seed),
         persistent_workers=workers > 0,
     )
 

@@ -1,0 +1,347 @@
+"""Transfer learning for image classification: the SageMaker training entry point.
+
+Used by every tuning trial and by the final training step. It follows SageMaker's training
+container contract, so it runs unchanged on SageMaker and under the local engine:
+
+- data: ``SM_CHANNEL_TRAIN`` and ``SM_CHANNEL_VALID`` hold ``<class>/<image>`` folders;
+  an optional ``SM_CHANNEL_WEIGHTS`` holds ImageNet weights for network-isolated jobs;
+- output: ``SM_MODEL_DIR`` gets ``model.pth`` (state_dict) + ``model.json``;
+  ``SM_OUTPUT_DATA_DIR`` gets ``history.json`` (per-epoch metrics);
+- hyperparameters arrive as ``--name value`` arguments;
+- checkpoints in ``--checkpoint-dir`` (synced to S3 by SageMaker): a restarted job (spot
+  interruption) resumes after the last finished epoch;
+- the Debugger hook is created from SageMaker's hook config when one is given;
+- one log line per epoch, read by the pipeline's metric regexes, e.g.
+  ``epoch=3 train_loss=0.41 train_accuracy=0.86 valid_loss=0.38 valid_accuracy=0.871 ...``
+  and a final line for the weights it saved (the best epoch).
+
+Run ``python train.py --help`` for the arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+from imgclf.artifact import save_model
+from imgclf.container import write_failure
+from imgclf.data import augment_batch, list_image_folder, make_loader, normalize_batch
+from imgclf.models import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, build_model, get_architecture
+
+CHECKPOINT_FILE = "checkpoint.pt"
+DEFAULT_HOOK_CONFIG = "/opt/ml/input/config/debughookconfig.json"
+
+
+def str2bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("true", "1", "yes", "y"):
+        return True
+    if value.lower() in ("false", "0", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description="Fine-tune a torchvision model on image folders.")
+    parser.add_argument("--arch", default="mobilenet_v2", choices=sorted(ARCHITECTURES), help="torchvision architecture")
+    parser.add_argument("--pretrained", type=str2bool, default=True, help="start from ImageNet weights")
+    parser.add_argument("--freeze-backbone", type=str2bool, default=False, help="train only the new classification head")
+    parser.add_argument("--learning-rate", type=float, default=0.01, help="peak learning rate")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per training batch")
+    parser.add_argument("--epochs", type=int, default=5, help="maximum number of epochs")
+    parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"), help="optimizer")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay (L2 for sgd/adam, decoupled for adamw)")
+    parser.add_argument("--warmup-epochs", type=float, default=0.3, help="linear learning-rate warm-up, in epochs, before cosine decay")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy loss")
+    parser.add_argument("--image-size", type=int, default=64, help="side of the square input images, in pixels")
+    parser.add_argument("--augment", type=str2bool, default=True, help="random flips and shifts of training images")
+    parser.add_argument("--early-stopping-patience", type=int, default=0, help="stop after this many epochs without a better valid_accuracy (0 = off)")
+    parser.add_argument("--max-train-images", type=int, default=0, help="train on a stratified random subset of this many images (0 = all)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed")
+    parser.add_argument("--workers", type=int, default=int(env("SM_NUM_CPUS", os.cpu_count() or 1)), help="processes for image decoding")
+    parser.add_argument("--cache-limit-mb", type=int, default=4096, help="keep decoded images in memory up to this size, else stream from disk")
+    parser.add_argument("--train-dir", default=env("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"), help="training images (class folders)")
+    parser.add_argument("--valid-dir", default=env("SM_CHANNEL_VALID", "/opt/ml/input/data/valid"), help="validation images (class folders)")
+    parser.add_argument("--weights-dir", default=env("SM_CHANNEL_WEIGHTS"), help="directory with ImageNet weight files (network-isolated jobs)")
+    parser.add_argument("--model-dir", default=env("SM_MODEL_DIR", "/opt/ml/model"), help="where the model artifact is written")
+    parser.add_argument("--output-data-dir", default=env("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"), help="where history.json is written")
+    parser.add_argument("--checkpoint-dir", default=env("SM_CHECKPOINT_DIR", "/opt/ml/checkpoints"), help="per-epoch checkpoints for resuming")
+    return parser
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def stratified_subset(samples: list[tuple[str, int]], limit: int, seed: int) -> list[tuple[str, int]]:
+    """At most ``limit`` samples, keeping each class's share (every class keeps ≥ 1)."""
+    if limit <= 0 or limit >= len(samples):
+        return samples
+    rng = random.Random(seed)
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    chosen = []
+    for members in by_class.values():
+        take = max(1, round(len(members) * limit / len(samples)))
+        chosen.extend(rng.sample(members, min(take, len(members))))
+    return sorted(chosen)
+
+
+def build_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.momentum > 0)
+    if args.optimizer == "adam":
+        return torch.optim.Adam(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to zero, stepped once per batch."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class DebuggerHook:
+    """SageMaker Debugger (smdebug) hook from the hook config SageMaker writes; a no-op
+    when the job has no Debugger hook config."""
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module):
+        self.hook = None
+        path = os.environ.get("SMDEBUG_CONFIG_FILE_PATH", DEFAULT_HOOK_CONFIG)
+        if not os.path.isfile(path):
+            return
+        try:
+            import smdebug.pytorch as smd
+        except ImportError as exc:  # the container lacks smdebug: train, but say so
+            print(f"warning: Debugger hook config {path} given but smdebug is not importable ({exc}); no tensors saved", flush=True)
+            return
+        self.modes = smd.modes
+        self.hook = smd.Hook.create_from_json_file(path)
+        self.hook.register_module(model)
+        self.hook.register_loss(loss_fn)
+        print(f"Debugger hook saving tensors to {self.hook.out_dir}", flush=True)
+
+    def set_mode(self, train: bool) -> None:
+        if self.hook is not None:
+            self.hook.set_mode(self.modes.TRAIN if train else self.modes.EVAL)
+
+    def close(self) -> None:
+        if self.hook is not None:
+            self.hook.close()
+
+
+def set_train_mode(model: nn.Module, arch_name: str, freeze_backbone: bool) -> None:
+    """Train mode; with a frozen backbone its BatchNorm statistics stay frozen too."""
+    model.train()
+    if freeze_backbone:
+        head = get_architecture(arch_name).head_path
+        for name, module in model.named_modules():
+            if not name.startswith(head) and isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def run_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: nn.Module,
+    device: torch.device,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
+    scaler: Optional[torch.amp.GradScaler] = None,
+    augment: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> dict[str, float]:
+    """One pass over ``batches``: trains when an optimizer is given, else evaluates."""
+    training = optimizer is not None
+    total_loss, correct, seen = 0.0, 0, 0
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    start = time.perf_counter()
+    with torch.enable_grad() if training else torch.inference_mode():
+        for images, labels in batches:
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if augment:
+                images = augment_batch(images, generator if device.type == "cpu" else None)
+            inputs = normalize_batch(images, IMAGENET_MEAN, IMAGENET_STD)
+            if device.type == "cuda":
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                logits = model(inputs)
+                loss = loss_fn(logits, labels)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                scheduler.step()
+            total_loss += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(labels)
+    seconds = time.perf_counter() - start
+    return {"loss": total_loss / max(1, seen), "accuracy": correct / max(1, seen), "seconds": seconds, "images": seen}
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomically write the checkpoint (a crash mid-write leaves the previous one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The checkpoint of this same job (same fingerprint), or None."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        print(f"ignoring checkpoint {path}: it belongs to a different configuration", flush=True)
+        return None
+    return state
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    set_seed(args.seed)
+    if args.workers > 0:
+        torch.set_num_threads(args.workers)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    classes, train_samples = list_image_folder(args.train_dir)
+    valid_classes, valid_samples = list_image_folder(args.valid_dir)
+    if valid_classes != classes:
+        raise ValueError(f"train and valid class folders differ: {sorted(set(classes) ^ set(valid_classes))}")
+    train_samples = stratified_subset(train_samples, args.max_train_images, args.seed)
+    print(f"classes={len(classes)} train_images={len(train_samples)} valid_images={len(valid_samples)} device={device} arch={args.arch}", flush=True)
+
+    cache_bytes = args.cache_limit_mb * 2**20
+    loader_start = time.perf_counter()
+    train_batches = make_loader(train_samples, args.image_size, args.batch_size, True, cache_bytes, args.workers, args.seed)
+    valid_batches = make_loader(valid_samples, args.image_size, 256, False, cache_bytes, args.workers)
+    print(f"images ready in {time.perf_counter() - loader_start:.1f}s", flush=True)
+
+    model = build_model(args.arch, len(classes), args.pretrained, args.weights_dir, args.freeze_backbone).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    optimizer = build_optimizer(args, model)
+    steps_per_epoch = len(train_batches)
+    scheduler = build_scheduler(optimizer, round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    generator = torch.Generator().manual_seed(args.seed)
+
+    fingerprint = {"arch": args.arch, "classes": classes, "image_size": args.image_size, "epochs": args.epochs,
+                   "learning_rate": args.learning_rate, "batch_size": args.batch_size, "optimizer": args.optimizer, "seed": args.seed}
+    checkpoint_path = Path(args.checkpoint_dir) / CHECKPOINT_FILE
+    history: list[dict[str, float]] = []
+    best = {"valid_accuracy": -1.0, "valid_loss": math.inf, "epoch": 0}
+    best_state = None
+    start_epoch = 1
+    resumed = load_checkpoint(checkpoint_path, fingerprint)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        generator.set_state(resumed["generator"])
+        history, best, best_state = resumed["history"], resumed["best"], resumed["best_model"]
+        start_epoch = resumed["epoch"] + 1
+        print(f"resumed from checkpoint after epoch {resumed['epoch']}", flush=True)
+
+    hook = DebuggerHook(model, loss_fn)
+    epochs_without_improvement = start_epoch - 1 - best["epoch"] if best["epoch"] else 0
+    for epoch in range(start_epoch, args.epochs + 1):
+        hook.set_mode(train=True)
+        set_train_mode(model, args.arch, args.freeze_backbone)
+        train_stats = run_epoch(model, train_batches, loss_fn, device, optimizer, scheduler, scaler, args.augment, generator)
+        hook.set_mode(train=False)
+        model.eval()
+        valid_stats = run_epoch(model, valid_batches, loss_fn, device)
+        record = {
+            "epoch": epoch,
+            "train_loss": train_stats["loss"], "train_accuracy": train_stats["accuracy"],
+            "valid_loss": valid_stats["loss"], "valid_accuracy": valid_stats["accuracy"],
+            "epoch_seconds": train_stats["seconds"] + valid_stats["seconds"],
+            "images_per_second": train_stats["images"] / train_stats["seconds"],
+        }
+        history.append(record)
+        print(
+            f"epoch={epoch} train_loss={record['train_loss']:.4f} train_accuracy={record['train_accuracy']:.4f} "
+            f"valid_loss={record['valid_loss']:.4f} valid_accuracy={record['valid_accuracy']:.4f} "
+            f"epoch_seconds={record['epoch_seconds']:.1f} images_per_second={record['images_per_second']:.1f}",
+            flush=True,
+        )
+        if record["valid_accuracy"] > best["valid_accuracy"]:
+            best = {"valid_accuracy": record["valid_accuracy"], "valid_loss": record["valid_loss"], "epoch": epoch}
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            epochs_without_improvement = 0
+        else:
+            epochs_without_improvement += 1
+        save_checkpoint(checkpoint_path, {
+            "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "history": history,
+            "best": best, "best_model": best_state,
+        })
+        if args.early_stopping_patience and epochs_without_improvement >= args.early_stopping_patience:
+            print(f"early stopping: no better valid_accuracy for {epochs_without_improvement} epochs", flush=True)
+            break
+    hook.close()
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    print(f"final best_epoch={best['epoch']} valid_loss={best['valid_loss']:.4f} valid_accuracy={best['valid_accuracy']:.4f}", flush=True)
+    hyperparameters = {k: v for k, v in vars(args).items() if not k.endswith("_dir") and k not in ("workers", "cache_limit_mb")}
+    meta = {
+        "arch": args.arch,
+        "classes": classes,
+        "image_size": args.image_size,
+        "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "hyperparameters": hyperparameters,
+        "metrics": {"valid_accuracy": best["valid_accuracy"], "valid_loss": best["valid_loss"], "best_epoch": best["epoch"],
+                    "epochs_run": len(history), "train_images": len(train_samples)},
+        "framework": {"torch": torch.__version__, "torchvision": torchvision.__version__},
+    }
+    save_model(args.model_dir, model, meta)
+    Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.output_data_dir) / "history.json").write_text(json.dumps(history, indent=2))
+    return meta
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        train(args)
+    except Exception as exc:  # report why to SageMaker, then fail the job
+        write_failure(f"{type(exc).__name__}: {exc}")
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
