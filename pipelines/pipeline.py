@@ -456,8 +456,8 @@ def get_pipeline(
         objective_type="Maximize",
         metric_definitions=METRIC_DEFINITIONS,
         hyperparameter_ranges={
-            "learning-rate": ContinuousParameter(1e-4, 1e-1, scaling_type="Logarithmic"),
-            "batch-size": IntegerParameter(16, 128, scaling_type="Linear"),
+            "learning-rate": ContinuousParameter(3e-4, 3e-2, scaling_type="Logarithmic"),
+            "batch-size": IntegerParameter(32, 128, scaling_type="Linear"),
             "epochs": IntegerParameter(min_epochs, max_epochs, scaling_type="Linear"),
             "optimizer": CategoricalParameter(["sgd", "adam", "adamw"]),
             "weight-decay": ContinuousParameter(1e-6, 1e-2, scaling_type="Logarithmic"),

@@ -152,6 +152,7 @@ def test_build_phase_upserts_and_starts_against_moto(buildspec, moto_server, tmp
     s3.create_bucket(Bucket=BUCKET)
     env = codebuild_env(moto_server, tmp_path)
     env.update({k: str(v) for k, v in buildspec.get("env", {}).get("variables", {}).items()})
+    env["RETRAIN_SCHEDULE"] = "rate(7 days)"
     script = "set -euo pipefail\n" + "\n".join(commands(buildspec, "build")) + "\n"
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -179,3 +180,17 @@ def test_build_phase_upserts_and_starts_against_moto(buildspec, moto_server, tmp
     assert len(executions) == 1  # START_PIPELINE defaults to true
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
     assert any(k.startswith(f"{name}/code/") and k.endswith("sourcedir.tar.gz") for k in keys)
+
+    # The deploy pipeline (upserted, not started) and its triggers.
+    deploy = sm.describe_pipeline(PipelineName=f"{name}-deploy")
+    deploy_definition = json.loads(deploy["PipelineDefinition"])
+    assert deploy_definition == json.loads((tmp_path / "deploy-pipeline-definition.json").read_text())
+    assert {p["Name"]: p["DefaultValue"] for p in deploy_definition["Parameters"]}["ModelPackageGroupName"] == name
+    assert sm.list_pipeline_executions(PipelineName=f"{name}-deploy")["PipelineExecutionSummaries"] == []
+    client = lambda service: boto3.client(service, endpoint_url=moto_server, region_name="us-east-1",  # noqa: E731
+                                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    [target] = client("events").list_targets_by_rule(Rule=f"{name}-deploy-model-approval")["Targets"]
+    assert target["Arn"] == deploy["PipelineArn"]
+    schedule = client("scheduler").get_schedule(Name=f"{name}-deploy-retrain")
+    assert schedule["ScheduleExpression"] == "rate(7 days)" and schedule["Target"]["Arn"] == described["PipelineArn"]
+    assert "deploy-pipeline-definition.json" in buildspec["artifacts"]["files"]

@@ -1,4 +1,4 @@
-"""``imgpipe run``, ``imgpipe executions list|describe|retry`` and ``imgpipe models list|describe``.
+"""``imgpipe run`` and ``imgpipe executions list|describe|retry`` (``imgpipe models``: :mod:`pipelines.models_cli`).
 
 ``imgpipe run`` builds the pipeline's definition offline (the very JSON CodeBuild would
 upsert), uploads the data directory into the local object store under a content hash (so the
@@ -17,9 +17,8 @@ import logging
 import shutil
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from pipelines.local.engine import (
     DefinitionError,
@@ -273,83 +272,13 @@ def cmd_executions_retry(args: argparse.Namespace) -> int:
     return _report(result, settings)
 
 
-# -- imgpipe models ------------------------------------------------------------------
-def _local_registry(settings: Settings) -> Any:
-    from pipelines.local.registry import LocalModelRegistry
-
-    return LocalModelRegistry(settings, ObjectStore(settings.s3_root))
-
-
-# Registry backends by name: each builds an object with list_packages(group, status) and
-# describe(version_or_arn, group) (pipelines.local.registry.ModelRegistry); issue 5 adds "aws".
-REGISTRY_BACKENDS: dict[str, Callable[[Settings], Any]] = {"local": _local_registry}
-
-
-def get_registry(backend: str, settings: Settings) -> Any:
-    """The registry implementation for ``backend``."""
-    if backend not in REGISTRY_BACKENDS:
-        raise UsageError(f"unknown registry backend {backend!r} (known: {', '.join(REGISTRY_BACKENDS)})")
-    return REGISTRY_BACKENDS[backend](settings)
-
-
-def _field(package: dict, *names: str) -> Any:
-    for name in names:
-        if package.get(name) not in (None, ""):
-            return package[name]
-    return None
-
-
-def _metric(package: dict) -> Any:
-    """Test accuracy of a package: from the evaluation report it was registered with."""
-    report = package.get("EvaluationMetrics") or {}
-    try:
-        return report["multiclass_classification_metrics"]["accuracy"]["value"]
-    except (KeyError, TypeError):
-        return None
-
-
-def _time_text(value: Any) -> str:
-    """Epoch seconds or an ISO-8601 timestamp as local ``YYYY-MM-DD HH:MM:SS``."""
-    if isinstance(value, (int, float)):
-        return _when(float(value))
-    try:
-        return _when(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        return str(value) if value else "-"
-
-
-def cmd_models_list(args: argparse.Namespace) -> int:
-    try:
-        packages = get_registry(args.backend, _settings(args)).list_packages(group=args.group, status=args.status)
-    except (UsageError, LookupError, ValueError) as exc:
-        return _error(str(exc))
-    if not packages:
-        print("no model packages" + (f" in group {args.group}" if args.group else ""))
-        return EXIT_OK
-    rows = [[_field(p, "ModelPackageGroupName", "group"), _field(p, "ModelPackageVersion", "version"),
-             _field(p, "ModelApprovalStatus", "approval_status", "status"),
-             _time_text(_field(p, "CreationTime", "created_at", "creation_time")),
-             _metric(p), _field(p, "ModelPackageArn", "arn")] for p in packages]
-    print(format_table(["GROUP", "VERSION", "STATUS", "CREATED", "ACCURACY", "ARN"], rows))
-    return EXIT_OK
-
-
-def cmd_models_describe(args: argparse.Namespace) -> int:
-    try:
-        package = get_registry(args.backend, _settings(args)).describe(args.package, group=args.group)
-    except (UsageError, LookupError, ValueError) as exc:
-        return _error(str(exc))
-    print(json.dumps(package, indent=2, sort_keys=True, default=str))
-    return EXIT_OK
-
-
 # -- wiring ----------------------------------------------------------------------------
 def _home_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", help="state directory (default: $IMGPIPE_HOME or ./.imgpipe)")
 
 
 def register(subparsers) -> None:
-    """Add ``run``, ``executions`` and ``models`` to the ``imgpipe`` parser."""
+    """Add ``run`` and ``executions`` to the ``imgpipe`` parser."""
     run = subparsers.add_parser("run", help="run the pipeline's definition locally, end to end",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--data", help="directory of class folders of images (default: a Fashion-MNIST subset)")
@@ -373,19 +302,5 @@ def register(subparsers) -> None:
                              ("retry", cmd_executions_retry, "re-run failed and unrun steps")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("execution", help="execution id (or a unique prefix, or its ARN)")
-        _home_option(cmd)
-        cmd.set_defaults(func=func)
-
-    models = subparsers.add_parser("models", help="model packages in the registry")
-    msub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
-    msub.required = True
-    mlist = msub.add_parser("list", help="model package versions")
-    mlist.add_argument("--group", help="model package group")
-    mlist.add_argument("--status", help="approval status (PendingManualApproval, Approved, Rejected)")
-    mdesc = msub.add_parser("describe", help="one model package")
-    mdesc.add_argument("package", metavar="VERSION|ARN", help="version (with --group if ambiguous), GROUP/VERSION or ARN")
-    mdesc.add_argument("--group", help="model package group of VERSION")
-    for cmd, func in ((mlist, cmd_models_list), (mdesc, cmd_models_describe)):
-        cmd.add_argument("--backend", choices=sorted(REGISTRY_BACKENDS), default="local", help="registry backend")
         _home_option(cmd)
         cmd.set_defaults(func=func)

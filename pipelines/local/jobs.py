@@ -231,8 +231,11 @@ def _python_bin_dir(job_dir: Path) -> Path:
     return bin_dir
 
 
-def _base_env(job_dir: Path, cores: int) -> dict[str, str]:
+def _base_env(job_dir: Path, cores: int, settings: Optional[Settings] = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+    if settings is not None:  # steps pick the local registry/hosting (steps/deploy_backends.py)
+        env["IMGPIPE_BACKEND"] = "local"
+        env["IMGPIPE_HOME"] = str(settings.home.resolve())
     env["PATH"] = f"{_python_bin_dir(job_dir)}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
     env["PYTHONUNBUFFERED"] = "1"
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -495,7 +498,7 @@ def _execute_processing(request: dict, job_name: str, ctx: JobContext, mapper: P
     for item in outputs:
         mapper.path(item["S3Output"]["LocalPath"]).mkdir(parents=True, exist_ok=True)
     cmd = _processing_command(request.get("AppSpecification") or {}, mapper)
-    env = _base_env(job_dir, ctx.cores)
+    env = _base_env(job_dir, ctx.cores, ctx.settings)
     env.update({k: mapper.text(str(v)) for k, v in (request.get("Environment") or {}).items()})
     env["SM_OUTPUT_FAILURE"] = str(job_dir / "output" / "failure")
     _log_note(log_path, "command: " + " ".join(cmd))
@@ -565,7 +568,7 @@ def _training_env(
     job_name: str, request: dict, hps: dict, sm_hps: dict, channels: list[str], job_dir: Path, ctx: JobContext
 ) -> dict[str, str]:
     mapper = PathMapper(job_dir)
-    env = _base_env(job_dir, ctx.cores)
+    env = _base_env(job_dir, ctx.cores, ctx.settings)
     env.update({k: mapper.text(str(v)) for k, v in (request.get("Environment") or {}).items()})
     code_dir = job_dir / "code"
     paths = {

@@ -13,7 +13,7 @@ import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 from pipelines.local.object_store import ObjectStore
 from pipelines.settings import Settings
@@ -75,8 +75,12 @@ def _loads(text: Optional[str]) -> Any:
 class LocalModelRegistry:
     """SageMaker's model registry, kept in ``settings.db_path``."""
 
-    def __init__(self, settings: Settings, store: Optional[ObjectStore] = None):
+    def __init__(self, settings: Settings, store: Optional[ObjectStore] = None,
+                 on_approval_change: Optional[Callable[[dict], Any]] = None):
+        """``on_approval_change(package)``: called after each approval update with the updated
+        package (the local event bus, :mod:`pipelines.local.events`); none: no side effects."""
         self.settings = settings
+        self.on_approval_change = on_approval_change
         self.db_path = Path(settings.db_path)
         self.store = store or ObjectStore(settings.s3_root)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +159,10 @@ class LocalModelRegistry:
                 "UPDATE registry_packages SET approval_status = ?, approval_description = ?, modified = ? WHERE arn = ?",
                 (status, reason or None, _now(), arn),
             )
-        return self.describe(arn)
+        package = self.describe(arn)
+        if self.on_approval_change is not None:
+            self.on_approval_change(package)
+        return package
 
     # ------------------------------------------------------------------ reads
     def describe(self, version_or_arn: str, group: Optional[str] = None) -> dict:

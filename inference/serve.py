@@ -1,0 +1,415 @@
+"""The local endpoint: SageMaker's serving contract over HTTP, running ``inference.py``.
+
+``GET /ping`` answers 200 once the model is loaded and has run one warm-up forward pass;
+``POST /invocations`` runs ``input_fn`` → ``predict_fn`` → ``output_fn``. Refused requests get
+the handler's 4xx status and its JSON error body (:func:`inference.error_body`), unknown paths
+404 and wrong methods 405, also as JSON; an unexpected failure is a JSON 500 (the traceback goes
+to the log, not to the client). The HTTP server is waitress (a production WSGI server with a
+fixed thread pool); requests over ``IMGPIPE_MAX_PAYLOAD_BYTES`` are refused by waitress while
+the body arrives, before it is buffered, with the same JSON 413 shape.
+
+Binding: 127.0.0.1 by default (``--host`` to change it). Two ways to get the public socket:
+
+- ``--port P`` binds it here and serves at once (manual use: ``python inference/serve.py
+  --model-dir DIR --port 8080``);
+- ``--listen-fd N --standby`` (how :class:`pipelines.local.hosting.LocalHosting` starts it): an
+  inherited, already listening socket that is only accepted on after a control ``activate``.
+
+Zero-downtime updates: the listening socket is *handed over*, not re-bound. The new server gets
+the very socket the old one accepts on (the old server passes the file descriptor over its
+control socket, ``SCM_RIGHTS``), so there is one kernel accept queue throughout: the new server
+is health-checked on its own private port (``health_port`` in the ready file), then activated,
+then the old one stops accepting, finishes what it has in flight and exits. No connection
+waits in a queue that is closed.
+
+Control (``--control PATH``, a Unix socket only this user can use): one JSON line per
+connection, one JSON line back: ``{"cmd": "status"}``, ``{"cmd": "activate"}``,
+``{"cmd": "getfd"}`` (the listening socket comes with the answer) and ``{"cmd": "stop"}``
+(drain, then exit 0; SIGTERM does the same).
+
+Data capture (``--capture-dir``/``--capture-percent``): a sampled share of successful
+invocations is appended as SageMaker data-capture JSON lines (``captureData.endpointInput`` /
+``endpointOutput``, ``eventMetadata``) to ``<capture-dir>/YYYY/MM/DD/HH/<server id>.jsonl``.
+
+Only the standard library, torch, PIL, waitress and ``imgclf`` are imported.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from waitress import wasyncore  # noqa: E402
+from waitress.adjustments import Adjustments  # noqa: E402
+from waitress.channel import HTTPChannel  # noqa: E402
+from waitress.server import TcpWSGIServer  # noqa: E402
+from waitress.task import ErrorTask, ThreadedTaskDispatcher  # noqa: E402
+
+LOG = logging.getLogger("imgpipe.serve")
+JSON_HEADERS = [("Content-Type", "application/json")]
+DRAIN_QUIET_SECONDS = 0.3  # idle this long (nothing in flight) before a stopping server exits
+DRAIN_MAX_SECONDS = 30.0
+LOOP_TIMEOUT = 0.2
+
+
+def _json(status: int, document: Any) -> tuple[str, list, bytes]:
+    from http import HTTPStatus
+
+    body = json.dumps(document).encode()
+    return f"{status} {HTTPStatus(status).phrase}", JSON_HEADERS + [("Content-Length", str(len(body)))], body
+
+
+# ---------------------------------------------------------------------------- WSGI app
+class InferenceApp:
+    """The WSGI application: ``/ping`` and ``/invocations`` over an ``inference`` module."""
+
+    def __init__(self, handler: Any, model: Any, *, info: Optional[dict] = None,
+                 capture: Optional["DataCapture"] = None):
+        self.handler = handler
+        self.model = model
+        self.info = dict(info or {})
+        self.capture = capture
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.requests = 0
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        with self._lock:
+            self.in_flight += 1
+            self.requests += 1
+        try:
+            status, headers, body = self._route(environ)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+        start_response(status, headers)
+        return [body]
+
+    def _route(self, environ: dict) -> tuple[str, list, bytes]:
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
+        if path == "/ping":
+            if method not in ("GET", "HEAD"):
+                return _json(405, {"error": f"{method} not allowed on /ping; use GET", "status": 405})
+            return _json(200, {"status": "Healthy", **self.info})
+        if path == "/invocations":
+            if method != "POST":
+                return _json(405, {"error": f"{method} not allowed on /invocations; use POST", "status": 405})
+            return self._invoke(environ)
+        return _json(404, {"error": "not found: this endpoint serves GET /ping and POST /invocations",
+                           "status": 404})
+
+    def _invoke(self, environ: dict) -> tuple[str, list, bytes]:
+        content_type = environ.get("CONTENT_TYPE") or None
+        accept = environ.get("HTTP_ACCEPT") or None
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return _json(400, {"error": "bad Content-Length", "status": 400})
+        body = environ["wsgi.input"].read(length) if length > 0 else b""
+        h = self.handler
+        try:
+            data = h.input_fn(body, content_type)
+            answer = h.output_fn(h.predict_fn(data, self.model), accept)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON answer
+            error = h.error_body(exc)
+            if error["status"] >= 500:
+                LOG.error("invocation failed:\n%s", traceback.format_exc())
+            return _json(error["status"], error)
+        payload = answer.encode() if isinstance(answer, str) else bytes(answer)
+        if self.capture is not None:
+            self.capture.maybe_capture(body, content_type, payload)
+        return "200 OK", JSON_HEADERS + [("Content-Length", str(len(payload)))], payload
+
+
+class DataCapture:
+    """SageMaker-style data capture: sampled request/response pairs as JSON lines."""
+
+    def __init__(self, directory: str | Path, percent: int, server_id: str, seed: Optional[int] = None):
+        self.directory = Path(directory)
+        self.percent = max(0, min(100, int(percent)))
+        self.server_id = server_id
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def maybe_capture(self, body: bytes, content_type: Optional[str], answer: bytes) -> None:
+        with self._lock:
+            if self.percent <= 0 or self._random.uniform(0, 100) >= self.percent:
+                return
+        now = datetime.now(timezone.utc)
+        record = {
+            "captureData": {
+                "endpointInput": {"observedContentType": content_type or "", "mode": "INPUT",
+                                  "data": base64.b64encode(body).decode(), "encoding": "BASE64"},
+                "endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT",
+                                   "data": answer.decode(), "encoding": "JSON"},
+            },
+            "eventMetadata": {"eventId": str(uuid.uuid4()),
+                              "inferenceTime": now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"},
+            "eventVersion": "0",
+        }
+        path = self.directory / now.strftime("%Y/%m/%d/%H") / f"{self.server_id}.jsonl"
+        line = json.dumps(record) + "\n"
+        with self._lock:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as fh:
+                fh.write(line)
+
+
+# ---------------------------------------------------------------------------- waitress glue
+class JsonErrorTask(ErrorTask):
+    """waitress's own refusals (body too large, malformed HTTP) as the endpoint's JSON errors."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        message = f"{error.reason}: {error.body}".strip()
+        if error.code == 413:
+            message = (f"payload too large: {error.body} bytes allowed (IMGPIPE_MAX_PAYLOAD_BYTES)"
+                       if str(error.body).isdigit() else f"payload too large ({error.body}); limit "
+                       "set by IMGPIPE_MAX_PAYLOAD_BYTES")
+        body = json.dumps({"error": message, "status": error.code}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.extend(JSON_HEADERS)
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class JsonErrorChannel(HTTPChannel):
+    error_task_class = JsonErrorTask
+
+
+class Server(TcpWSGIServer):
+    channel_class = JsonErrorChannel
+
+
+class ModelServer:
+    """The health listener, the public listener, the control socket and the event loop."""
+
+    def __init__(self, app: InferenceApp, public: socket.socket, *, threads: int, max_body: int,
+                 standby: bool, control_path: Optional[str], ready_file: Optional[str]):
+        self.app = app
+        self.map: dict = {}
+        self.adj = Adjustments(host="127.0.0.1", port=0, threads=threads, ident="imgpipe",
+                               max_request_body_size=max_body, channel_timeout=60,
+                               expose_tracebacks=False, asyncore_use_poll=True)
+        self.dispatcher = ThreadedTaskDispatcher()
+        self.dispatcher.set_thread_count(threads)
+        self.health = Server(app, self.map, _start=True, dispatcher=self.dispatcher, adj=self.adj)
+        public.setblocking(False)
+        self.listener = public
+        self.public = Server(app, self.map, _start=False, _sock=public, dispatcher=self.dispatcher,
+                             adj=self.adj, bind_socket=False,
+                             sockinfo=(public.family, public.type, public.proto, public.getsockname()))
+        self.active = threading.Event()
+        self.stopping = threading.Event()
+        self.control_path = control_path
+        self.ready_file = ready_file
+        if not standby:
+            self.activate()
+
+    # -- commands (any thread) ---------------------------------------------------------
+    def activate(self) -> None:
+        self.active.set()
+        self.health.pull_trigger()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.health.pull_trigger()
+
+    def status(self) -> dict:
+        return {"pid": os.getpid(), "active": self.active.is_set(), "stopping": self.stopping.is_set(),
+                "health_port": self.health_port, "public_port": self.listener.getsockname()[1],
+                "requests": self.app.requests, **self.app.info}
+
+    @property
+    def health_port(self) -> int:
+        return int(self.health.effective_port)
+
+    # -- loop (main thread) ------------------------------------------------------------
+    def _busy(self) -> bool:
+        if self.app.in_flight or self.dispatcher.queue or self.dispatcher.active_count:
+            return True
+        for obj in list(self.map.values()):
+            if isinstance(obj, HTTPChannel) and (obj.requests or obj.total_outbufs_len or obj.request):
+                return True
+        return False
+
+    def serve(self) -> None:
+        self._start_control()
+        self._write_ready()
+        LOG.info("serving on 127.0.0.1:%s (health port %s)%s", self.listener.getsockname()[1],
+                 self.health_port, "" if self.active.is_set() else ", standby")
+        while not self.stopping.is_set():
+            self.public.accepting = self.active.is_set()
+            wasyncore.loop(timeout=LOOP_TIMEOUT, map=self.map, use_poll=True, count=1)
+        # drain: stop accepting (the socket stays open for whoever holds it), finish requests
+        self.public.accepting = False
+        LOG.info("stopping: draining requests in flight")
+        deadline, quiet_since = time.monotonic() + DRAIN_MAX_SECONDS, None
+        while time.monotonic() < deadline:
+            wasyncore.loop(timeout=0.05, map=self.map, use_poll=True, count=1)
+            if self._busy():
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= DRAIN_QUIET_SECONDS:
+                break
+        self.dispatcher.shutdown(timeout=5)
+        wasyncore.close_all(self.map)
+        self.listener.close()
+        LOG.info("stopped after %d requests", self.app.requests)
+
+    def _write_ready(self) -> None:
+        if not self.ready_file:
+            return
+        path = Path(self.ready_file)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status()))
+        os.replace(tmp, path)
+
+    # -- control socket ----------------------------------------------------------------
+    def _start_control(self) -> None:
+        if not self.control_path:
+            return
+        try:
+            os.unlink(self.control_path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(self.control_path)  # mode 0600: this user only
+        finally:
+            os.umask(old)
+        sock.listen(8)
+        threading.Thread(target=self._control_loop, args=(sock,), daemon=True, name="control").start()
+
+    def _control_loop(self, sock: socket.socket) -> None:
+        while True:
+            conn, _ = sock.accept()
+            with conn:
+                try:
+                    self._control(conn)
+                except Exception:  # noqa: BLE001 - a bad control client never stops the server
+                    LOG.warning("control request failed:\n%s", traceback.format_exc())
+
+    def _control(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        if hasattr(socket, "SO_PEERCRED"):
+            _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                            struct.calcsize("3i")))
+            if uid != os.getuid():
+                return
+        data = b""
+        while not data.endswith(b"\n") and len(data) < 4096:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        command = json.loads(data or b"{}").get("cmd")
+        if command == "getfd":
+            socket.send_fds(conn, [json.dumps({"ok": True, **self.status()}).encode() + b"\n"],
+                            [self.listener.fileno()])
+            return
+        if command == "activate":
+            self.activate()
+        elif command == "stop":
+            self.stop()
+        elif command != "status":
+            conn.sendall(json.dumps({"ok": False, "error": f"unknown command {command!r}"}).encode() + b"\n")
+            return
+        conn.sendall(json.dumps({"ok": True, **self.status()}).encode() + b"\n")
+
+
+# ---------------------------------------------------------------------------- main
+def load_handler() -> Any:
+    import inference  # inference/inference.py, beside this file
+
+    return inference
+
+
+def warm_up(handler: Any, model: Any) -> None:
+    """One forward pass on a blank image: a model that cannot predict never goes healthy."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (model.image_size, model.image_size), (127, 127, 127)).save(buffer, "PNG")
+    handler.output_fn(handler.predict_fn(handler.input_fn(buffer.getvalue(), "image/png"), model), None)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", required=True, help="model.pth + model.json, or model.tar.gz")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind with --port (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to bind (ignored with --listen-fd)")
+    parser.add_argument("--listen-fd", type=int, help="an inherited listening socket to serve instead")
+    parser.add_argument("--standby", action="store_true", help="accept on the public socket only after 'activate'")
+    parser.add_argument("--control", help="Unix socket path for control commands")
+    parser.add_argument("--ready-file", help="JSON written once the model is loaded and warm")
+    parser.add_argument("--threads", type=int, default=4, help="request threads")
+    parser.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--capture-dir", help="data capture directory")
+    parser.add_argument("--capture-percent", type=int, default=0, help="share of invocations captured")
+    parser.add_argument("--endpoint-name", default="", help="reported by /ping")
+    parser.add_argument("--model-package-arn", default="", help="reported by /ping")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    import torch
+
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    handler = load_handler()
+    started = time.time()
+    model = handler.model_fn(args.model_dir)
+    warm_up(handler, model)
+    LOG.info("model loaded and warm in %.1fs: %d classes, %dpx", time.time() - started,
+             len(model.classes), model.image_size)
+    if args.listen_fd is not None:
+        public = socket.socket(fileno=args.listen_fd)
+    else:
+        public = socket.create_server((args.host, args.port), backlog=1024)
+    server_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    capture = (DataCapture(args.capture_dir, args.capture_percent, server_id)
+               if args.capture_dir and args.capture_percent > 0 else None)
+    info = {"endpoint_name": args.endpoint_name, "model_package_arn": args.model_package_arn, "pid": os.getpid()}
+    app = InferenceApp(handler, model, info=info, capture=capture)
+    max_body = handler.Limits.from_env().max_payload_bytes
+    server = ModelServer(app, public, threads=args.threads, max_body=max_body, standby=args.standby,
+                         control_path=args.control, ready_file=args.ready_file)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: server.stop())
+    server.serve()
+    if args.control:
+        try:
+            os.unlink(args.control)
+        except FileNotFoundError:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

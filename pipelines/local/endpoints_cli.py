@@ -1,0 +1,178 @@
+"""``imgpipe endpoints list|delete`` and ``imgpipe predict``: endpoints, local or SageMaker's.
+
+Every command talks to the hosting interface (:class:`pipelines.hosting.Hosting`):
+:class:`pipelines.local.hosting.LocalHosting` (``--backend local``, the default: server
+processes on this machine, started by the deploy pipeline when a package is approved) or
+:class:`pipelines.hosting.SageMakerHosting` (``--backend aws``).
+
+``imgpipe predict --endpoint NAME IMAGE...`` sends each image (its bytes, with the content type
+of its file) and prints a top-k table per image. An image the endpoint refuses (not an image,
+too large, ...) is reported with the endpoint's message; the exit code is then 1.
+
+Exit codes: 0 done, 1 a request failed (or AWS refused), 2 bad input (no such endpoint or file).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from pipelines.local.progress import format_table
+from pipelines.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+
+
+def _local_hosting(args: argparse.Namespace) -> Any:
+    from pipelines.local.hosting import LocalHosting
+
+    return LocalHosting(Settings(home=Path(args.home)) if args.home else Settings())
+
+
+def _aws_hosting(args: argparse.Namespace) -> Any:
+    from pipelines.hosting import SageMakerHosting
+
+    return SageMakerHosting(args.region)
+
+
+HOSTING_BACKENDS: dict[str, Callable[[argparse.Namespace], Any]] = {"local": _local_hosting, "aws": _aws_hosting}
+
+
+def get_hosting(args: argparse.Namespace) -> Any:
+    return HOSTING_BACKENDS[args.backend](args)
+
+
+def _error(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _guard(action: Callable[[], int]) -> int:
+    """Run ``action``; hosting and AWS errors as one line on stderr."""
+    from pipelines.hosting import HostingError
+
+    try:
+        return action()
+    except HostingError as exc:
+        return _error(str(exc), EXIT_FAILED)
+    except Exception as exc:  # noqa: BLE001 - botocore errors: one line, not a traceback
+        if type(exc).__module__.startswith(("botocore", "boto3")):
+            return _error(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+        raise
+
+
+def _time_text(value: Any) -> str:
+    text = str(value or "-")
+    return text.replace("T", " ")[:19]
+
+
+# -- imgpipe endpoints ---------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    def action() -> int:
+        endpoints = get_hosting(args).list_endpoints()
+        if not endpoints:
+            print("no endpoints (approve a model package to deploy one: imgpipe models approve VERSION)")
+            return EXIT_OK
+        rows = [[e.get("EndpointName"), e.get("EndpointStatus"),
+                 e.get("ModelPackageArn", "-"), e.get("Url") or e.get("InstanceType") or "-",
+                 e.get("Pid", "-") if args.backend == "local" else e.get("InstanceCount", "-"),
+                 _time_text(e.get("LastModifiedTime"))] for e in endpoints]
+        headers = ["NAME", "STATUS", "MODEL PACKAGE", "URL" if args.backend == "local" else "INSTANCE TYPE",
+                   "PID" if args.backend == "local" else "COUNT", "UPDATED"]
+        print(format_table(headers, rows))
+        for e in endpoints:
+            if e.get("FailureReason"):
+                print(f"{e['EndpointName']}: {e['FailureReason']}")
+        return EXIT_OK
+
+    return _guard(action)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    def action() -> int:
+        hosting = get_hosting(args)
+        if hosting.describe_endpoint(args.name) is None:
+            return _error(f"no endpoint {args.name!r} (see `imgpipe endpoints list`)")
+        hosting.delete_endpoint(args.name)
+        print(f"deleted endpoint {args.name}")
+        return EXIT_OK
+
+    return _guard(action)
+
+
+# -- imgpipe predict -----------------------------------------------------------------------
+def content_type_of(path: Path) -> str:
+    return CONTENT_TYPES.get(path.suffix.lower(), "application/x-image")
+
+
+def prediction_rows(answer: Any, top_k: int) -> list[list[Any]]:
+    """``[{"label", "index", "probability"}, ...]`` → table rows (at most ``top_k``)."""
+    if not isinstance(answer, list) or not all(isinstance(a, dict) and "label" in a for a in answer):
+        raise ValueError(f"unexpected answer (not a top-k list): {str(answer)[:200]}")
+    return [[a["label"], a.get("index", "-"), f"{float(a.get('probability', 0.0)):.4f}"] for a in answer[:top_k]]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipelines.hosting import HostingError
+
+    if args.top_k < 1:
+        return _error("--top-k must be at least 1")
+    paths = [Path(p) for p in args.images]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        return _error(f"no such image file: {', '.join(missing)}")
+
+    def action() -> int:
+        hosting = get_hosting(args)
+        if args.backend == "local" and hosting.describe_endpoint(args.endpoint) is None:
+            return _error(f"no endpoint {args.endpoint!r} (see `imgpipe endpoints list`)")
+        failed = 0
+        for number, path in enumerate(paths):
+            if number:
+                print()
+            try:
+                answer = hosting.invoke(args.endpoint, path.read_bytes(), content_type_of(path))
+                rows = prediction_rows(answer, args.top_k)
+            except (HostingError, ValueError) as exc:
+                failed += 1
+                print(f"{path}: error: {exc}", file=sys.stderr)
+                continue
+            print(f"{path}:")
+            print(format_table(["LABEL", "INDEX", "PROBABILITY"], rows))
+        if failed:
+            print(f"{failed} of {len(paths)} images failed", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_OK
+
+    return _guard(action)
+
+
+# -- wiring ----------------------------------------------------------------------------------
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=sorted(HOSTING_BACKENDS), default="local",
+                        help="local server processes (default) or aws (SageMaker endpoints)")
+    parser.add_argument("--home", help="local state directory (default: $IMGPIPE_HOME or ./.imgpipe)")
+    parser.add_argument("--region", help="AWS region (aws backend; default: boto3's configuration)")
+
+
+def register(subparsers) -> None:
+    """Add ``endpoints list|delete`` and ``predict`` to the ``imgpipe`` parser."""
+    endpoints = subparsers.add_parser("endpoints", help="model endpoints (local server processes or SageMaker)",
+                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = endpoints.add_subparsers(dest="endpoints_command", metavar="SUBCOMMAND")
+    sub.required = True
+    listing = sub.add_parser("list", help="endpoints, their status and the model package they serve")
+    listing.set_defaults(func=cmd_list)
+    delete = sub.add_parser("delete", help="stop an endpoint's server and forget it")
+    delete.add_argument("name", metavar="NAME")
+    delete.set_defaults(func=cmd_delete)
+    predict = subparsers.add_parser("predict", help="classify images with an endpoint (top-k table per image)",
+                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_argument("--endpoint", required=True, metavar="NAME", help="endpoint name")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    predict.add_argument("--top-k", type=int, default=5, help="rows per image (the endpoint answers up to 5)")
+    predict.set_defaults(func=cmd_predict)
+    for cmd in (listing, delete, predict):
+        _common(cmd)

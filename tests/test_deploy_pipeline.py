@@ -1,0 +1,123 @@
+"""pipelines/deploy_pipeline.py: the definition built offline (get-pipeline-definition), the code it
+ships (importable in a container without imgpipe), and run-pipeline upserting it against moto."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REGION = "us-east-1"
+ROLE = "arn:aws:iam::123456789012:role/service-role/AmazonSageMaker-PipelineRole"
+BUCKET = "imgpipe-deploy-test"
+
+
+@pytest.fixture(autouse=True)
+def _restore_sdk_log_levels():
+    from pipelines.get_pipeline_definition import QUIET_LOGGERS
+
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[dict, Path]:
+    """``get-pipeline-definition --module-name pipelines.deploy_pipeline --store``, with no credentials."""
+    home = tmp_path_factory.mktemp("home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(IMGPIPE_HOME=str(home), AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+               AWS_EC2_METADATA_DISABLED="true", HOME=str(home))
+    out = home / "deploy.json"
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "get-pipeline-definition"), "--module-name", "pipelines.deploy_pipeline",
+         "--kwargs", json.dumps({"endpoint_name": "imgpipe-prod", "rollback_alarms": ["imgpipe-5xx"]}),
+         "--file-name", str(out), "--store"],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), home / "s3"
+
+
+def test_parameters_and_steps(built):
+    definition, _ = built
+    defaults = {p["Name"]: (p["Type"], p["DefaultValue"]) for p in definition["Parameters"]}
+    assert defaults == {
+        "ModelPackageGroupName": ("String", "ImgpipeModels"), "EndpointName": ("String", "imgpipe-prod"),
+        "EndpointInstanceType": ("String", "ml.m5.large"), "EndpointInstanceCount": ("Integer", 1),
+        "DataCaptureSamplingPercentage": ("Integer", 20), "SmokeTestMinAccuracy": ("Float", 0.8),
+        "SmokeTestDataUrl": ("String", ""), "SmokeTestMaxImages": ("Integer", 200),
+        "ProcessingInstanceType": ("String", "ml.m5.large")}
+    deploy, smoke = definition["Steps"]
+    assert (deploy["Name"], deploy["Type"], smoke["Name"], smoke["Type"]) == ("Deploy", "Processing", "SmokeTest", "Processing")
+    args = deploy["Arguments"]["AppSpecification"]["ContainerArguments"]
+    options = dict(zip(args[::2], args[1::2]))
+    assert options["--model-package-group"] == {"Get": "Parameters.ModelPackageGroupName"}
+    assert options["--endpoint-name"] == {"Get": "Parameters.EndpointName"}
+    assert options["--instance-type"] == {"Get": "Parameters.EndpointInstanceType"}
+    assert options["--data-capture-percent"] == {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.DataCaptureSamplingPercentage"}]}}
+    assert options["--data-capture-url"] == "s3://imgpipe-local/imgpipe/data-capture"
+    assert options["--rollback-alarms"] == "imgpipe-5xx"
+    assert deploy["PropertyFiles"] == [{"PropertyFileName": "DeploymentReport", "OutputName": "deployment",
+                                        "FilePath": "deployment.json"}]
+    assert "CacheConfig" not in deploy  # a deployment always runs
+    [test_input] = [i for i in smoke["Arguments"]["ProcessingInputs"] if i["InputName"] not in ("code", "entrypoint")]
+    assert test_input["S3Input"]["S3Uri"] == {"Std:JsonGet": {
+        "PropertyFile": {"Get": "Steps.Deploy.PropertyFiles.DeploymentReport"}, "Path": "SmokeTestDataUrl"}}
+    assert test_input["S3Input"]["LocalPath"] == "/opt/ml/processing/test"
+    assert smoke["DependsOn"] == ["Deploy"]
+    smoke_args = smoke["Arguments"]["AppSpecification"]["ContainerArguments"]
+    assert dict(zip(smoke_args[::2], smoke_args[1::2]))["--min-accuracy"] == {
+        "Std:Join": {"On": "", "Values": [{"Get": "Parameters.SmokeTestMinAccuracy"}]}}
+
+
+def test_shipped_code_runs_without_imgpipe(built, tmp_path):
+    """The step's code tarball imports the boto3 backends as top-level modules (python -S: no imgpipe)."""
+    definition, store = built
+    code = [i for i in definition["Steps"][0]["Arguments"]["ProcessingInputs"] if i["InputName"] == "code"][0]
+    bucket, key = code["S3Input"]["S3Uri"][len("s3://"):].split("/", 1)
+    with tarfile.open(store / bucket / key) as tar:
+        names = set(tar.getnames())
+        tar.extractall(tmp_path, filter="data")
+    assert {"deploy.py", "smoke_test.py", "deploy_backends.py", "hosting.py", "aws_registry.py",
+            "imgclf/container.py", "imgclf/data.py"} <= names
+    assert not any("__pycache__" in n or n.startswith("pipelines/") for n in names)
+    probe = ("import deploy, smoke_test, deploy_backends; "
+             "print(deploy_backends.hosting.__file__); print(deploy_backends.aws_registry.__file__)")
+    done = subprocess.run([sys.executable, "-S", "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(tmp_path)}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [str(tmp_path / "hosting.py"), str(tmp_path / "aws_registry.py")]
+
+
+def test_run_pipeline_upserts_the_deploy_pipeline(monkeypatch, capsys):
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    import boto3
+    from moto import mock_aws
+
+    from pipelines import run_pipeline
+
+    with mock_aws():
+        boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
+        kwargs = {"region": REGION, "default_bucket": BUCKET, "pipeline_name": "imgpipe-p-1-deploy",
+                  "model_package_group_name": "imgpipe-p-1", "base_job_prefix": "imgpipe-p-1"}
+        rc = run_pipeline.main(["--module-name", "pipelines.deploy_pipeline", "--role-arn", ROLE, "--no-start",
+                                "--kwargs", json.dumps(kwargs)])
+        out = capsys.readouterr().out
+        assert rc == 0, out
+        assert "steps: Deploy, SmokeTest" in out and "created pipeline" in out
+        sm = boto3.client("sagemaker", region_name=REGION)
+        described = sm.describe_pipeline(PipelineName="imgpipe-p-1-deploy")
+        definition = json.loads(described["PipelineDefinition"])
+        defaults = {p["Name"]: p["DefaultValue"] for p in definition["Parameters"]}
+        assert defaults["ModelPackageGroupName"] == "imgpipe-p-1" and described["RoleArn"] == ROLE
+        assert sm.list_pipeline_executions(PipelineName="imgpipe-p-1-deploy")["PipelineExecutionSummaries"] == []

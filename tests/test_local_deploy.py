@@ -1,0 +1,134 @@
+"""Approval → deploy pipeline → endpoint, for real: the local half of the approval-deploy flow.
+
+A really trained tiny model (tests/endpoint_helpers.py) is registered in the local registry;
+approving it through the registry wired to the local event bus emits the SageMaker event,
+which runs ``pipelines.deploy_pipeline``'s definition (built offline) on the local engine:
+the Deploy job starts a real server process, the SmokeTest job sends it held-out images.
+Then ``imgpipe predict`` (a real CLI process) classifies a test image correctly; a bad model
+fails the smoke test; rejecting a package rolls the endpoint back to the previous approved one.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from endpoint_helpers import REPO, archive, trained_model, untrained_model, valid_images
+from pipelines.local import events
+from pipelines.local.hosting import LocalHosting, http_get
+from pipelines.local.object_store import ObjectStore
+from pipelines.local.registry import LocalModelRegistry
+from pipelines.settings import Settings
+
+GROUP = "DigitsModels"
+ENDPOINT = "digits-e2e"
+TEST_DATA = "s3://imgpipe-local/test-data/digits3"
+
+
+def imgpipe(*args, home, timeout=120):
+    env = {**os.environ, "IMGPIPE_HOME": str(home), "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A home with the trained model (v1) and a bad model (v2) registered, pending approval."""
+    model_dir, data = trained_model(tmp_path_factory.getbasetemp() / "endpoint-model")
+    bad_dir = untrained_model(tmp_path_factory.getbasetemp() / "endpoint-model" / "untrained")
+    home = tmp_path_factory.mktemp("deploy") / "home"
+    settings = Settings(home=home)
+    store = ObjectStore(settings.s3_root)
+    store.upload(data / "valid", TEST_DATA)
+    registry = LocalModelRegistry(settings, store)
+    packages = []
+    for name, directory in (("good", model_dir), ("bad", bad_dir)):
+        uri = f"s3://imgpipe-local/models/{name}/model.tar.gz"
+        archive(directory, store.path(uri))
+        packages.append(registry.register({
+            "ModelPackageGroupName": GROUP,
+            "InferenceSpecification": {"Containers": [{"Image": "pytorch-inference", "ModelDataUrl": uri}],
+                                       "SupportedContentTypes": ["image/png"], "SupportedResponseMIMETypes": ["application/json"]},
+            "CustomerMetadataProperties": {"test_data_url": TEST_DATA},
+        }))
+    os.environ["IMGPIPE_ENDPOINT_PORT"] = "0"  # a free port: never collide with other tests
+    yield settings, packages, data
+    os.environ.pop("IMGPIPE_ENDPOINT_PORT", None)
+    LocalHosting(settings).delete_endpoint(ENDPOINT)
+
+
+def approvals(settings, min_accuracy):
+    out = io.StringIO()
+    registry = events.local_registry(settings, {"EndpointName": ENDPOINT, "SmokeTestMinAccuracy": min_accuracy,
+                                                "SmokeTestMaxImages": 30}, stream=out)
+    return registry, out
+
+
+def test_approve_deploys_smoke_tests_and_predicts(world):
+    settings, (good, bad), data = world
+    registry, out = approvals(settings, 0.7)
+    registry.update_approval(good["ModelPackageArn"], "Approved", reason="looks good")
+    text = out.getvalue()
+    assert "approved: running the deploy pipeline" in text
+    assert "Deploy Succeeded" in text and "SmokeTest Succeeded" in text, text
+
+    # the event as EventBridge would carry it, and its outcome, were recorded
+    [record] = [json.loads(line) for line in (settings.home / "events" / "events.jsonl").read_text().splitlines()]
+    assert record["event"]["detail-type"] == "SageMaker Model Package State Change"
+    assert record["event"]["source"] == "aws.sagemaker"
+    assert record["event"]["detail"]["ModelApprovalStatus"] == "Approved"
+    assert record["event"]["resources"] == [good["ModelPackageArn"]]
+    assert record["outcomes"][0]["result"]["status"] == "Succeeded"
+
+    endpoint = LocalHosting(settings).describe_endpoint(ENDPOINT)
+    assert endpoint["EndpointStatus"] == "InService" and endpoint["ModelPackageArn"] == good["ModelPackageArn"]
+    assert endpoint["Host"] == "127.0.0.1"
+    status, ping = http_get("127.0.0.1", endpoint["Port"], "/ping")
+    assert status == 200 and ping["status"] == "Healthy" and ping["model_package_arn"] == good["ModelPackageArn"]
+
+    # a held-out image of each class, classified by the endpoint through the CLI (a new process)
+    picks = {}
+    for path, cls in valid_images(data):
+        picks.setdefault(cls, path)
+    result = imgpipe("predict", "--endpoint", ENDPOINT, *picks.values(), home=settings.home)
+    assert result.returncode == 0, result.stderr
+    blocks = result.stdout.strip().split("\n\n")
+    assert len(blocks) == 3
+    for (cls, path), block in zip(picks.items(), blocks):
+        lines = block.splitlines()
+        assert lines[0] == f"{path}:"
+        assert lines[1].split()[:3] == ["LABEL", "INDEX", "PROBABILITY"]
+        label, index, probability = lines[3].split()  # header, rule, best row
+        assert label == cls and index == cls and float(probability) > 1 / 3
+
+    listing = imgpipe("endpoints", "list", home=settings.home)
+    assert ENDPOINT in listing.stdout and "InService" in listing.stdout and endpoint["Url"] in listing.stdout
+
+
+def test_bad_model_fails_smoke_test_then_reject_rolls_back(world):
+    settings, (good, bad), data = world
+    before = LocalHosting(settings).describe_endpoint(ENDPOINT)
+    assert before["ModelPackageArn"] == good["ModelPackageArn"]
+
+    registry, out = approvals(settings, 0.7)
+    registry.update_approval(bad["ModelPackageArn"], "Approved")
+    text = out.getvalue()
+    assert "Deploy Succeeded" in text and "SmokeTest Failed" in text, text
+    assert "below SmokeTestMinAccuracy 0.7" in text
+    assert LocalHosting(settings).describe_endpoint(ENDPOINT)["ModelPackageArn"] == bad["ModelPackageArn"]
+
+    registry, out = approvals(settings, 0.7)
+    registry.update_approval(bad["ModelPackageArn"], "Rejected", reason="failed its smoke test")
+    text = out.getvalue()
+    assert "rejected: rolling back" in text and "SmokeTest Succeeded" in text, text
+    after = LocalHosting(settings).describe_endpoint(ENDPOINT)
+    assert after["EndpointStatus"] == "InService"
+    assert after["ModelPackageArn"] == good["ModelPackageArn"]
+    assert after["Port"] == before["Port"]  # same URL throughout
+    status, ping = http_get("127.0.0.1", after["Port"], "/ping")
+    assert status == 200 and ping["model_package_arn"] == good["ModelPackageArn"]

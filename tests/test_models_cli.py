@@ -1,0 +1,118 @@
+"""``imgpipe models list|describe|approve|reject`` with ``--backend aws`` (moto's registry) and
+``--backend local`` (the SQLite registry): the status really changes in the registry."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines.cli import main
+
+REGION = "us-east-1"
+GROUP = "imgpipe-p-1"
+BUCKET = "imgpipe-models"
+EVALUATION = {"multiclass_classification_metrics": {"accuracy": {"value": 0.91, "standard_deviation": "NaN"},
+                                                    "weighted_f1": {"value": 0.9, "standard_deviation": "NaN"}},
+              "num_test_images": 500}
+
+
+@pytest.fixture
+def sm(monkeypatch):
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_object(Bucket=BUCKET, Key="exec-1/EvaluateModel/output/evaluation/evaluation.json",
+                      Body=json.dumps(EVALUATION).encode())
+        client = boto3.client("sagemaker", region_name=REGION)
+        client.create_model_package_group(ModelPackageGroupName=GROUP)
+        for status in ("PendingManualApproval", "Approved"):
+            client.create_model_package(
+                ModelPackageGroupName=GROUP, ModelApprovalStatus=status,
+                InferenceSpecification={"Containers": [{"Image": "img:1", "ModelDataUrl": f"s3://{BUCKET}/model.tar.gz"}],
+                                        "SupportedContentTypes": ["image/png"],
+                                        "SupportedResponseMIMETypes": ["application/json"]},
+                ModelMetrics={"ModelQuality": {"Statistics": {
+                    "ContentType": "application/json",
+                    "S3Uri": f"s3://{BUCKET}/exec-1/EvaluateModel/output/evaluation/evaluation.json"}}},
+                CustomerMetadataProperties={"hp_learning_rate": "0.003", "hp_batch_size": "64",
+                                            "architecture": "mobilenet_v2", "image_size": "64",
+                                            "pipeline_execution_arn": "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/exec-1",
+                                            "best_training_job": "imgpipe-hpo-001", "input_data_url": f"s3://{BUCKET}/data"})
+        yield client
+
+
+def status_of(sm, version: int) -> dict:
+    return sm.describe_model_package(
+        ModelPackageName=f"arn:aws:sagemaker:{REGION}:123456789012:model-package/{GROUP}/{version}")
+
+
+def test_approve_and_reject_change_the_status_in_sagemaker(sm, capsys):
+    assert main(["models", "approve", "1", "--group", GROUP, "--backend", "aws", "--reason", "looks good"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == (f"arn:aws:sagemaker:{REGION}:123456789012:model-package/{GROUP}/1: "
+                           "PendingManualApproval -> Approved (looks good)")
+    package = status_of(sm, 1)
+    assert package["ModelApprovalStatus"] == "Approved" and package["ApprovalDescription"] == "looks good"
+
+    arn = f"arn:aws:sagemaker:{REGION}:123456789012:model-package/{GROUP}/2"
+    assert main(["models", "reject", arn, "--backend", "aws"]) == 0
+    assert "Approved -> Rejected" in capsys.readouterr().out
+    assert status_of(sm, 2)["ModelApprovalStatus"] == "Rejected"
+    assert status_of(sm, 1)["ModelApprovalStatus"] == "Approved"  # only the one named
+
+
+def test_list_and_describe_on_aws(sm, capsys):
+    assert main(["models", "list", "--backend", "aws", "--group", GROUP]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["GROUP", "VERSION", "STATUS", "CREATED", "ACCURACY", "ARN"]
+    assert [line.split()[:3] for line in lines[2:]] == [[GROUP, "2", "Approved"], [GROUP, "1", "PendingManualApproval"]]
+    assert main(["models", "list", "--backend", "aws", "--status", "PendingManualApproval"]) == 0
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()[2:]] == ["1"]
+
+    assert main(["models", "describe", f"{GROUP}/2", "--backend", "aws"]) == 0
+    out = capsys.readouterr().out
+    assert "Metrics:" in out and "accuracy=0.91" in out and "weighted_f1=0.9" in out
+    assert "Test images:        500" in out
+    assert "Hyperparameters:    batch-size=64, learning-rate=0.003" in out
+    assert "Architecture:       mobilenet_v2 64 px" in out
+    assert "Pipeline execution: arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/exec-1" in out
+    assert "Best training job:  imgpipe-hpo-001" in out and f"Model data:         s3://{BUCKET}/model.tar.gz" in out
+
+    assert main(["models", "describe", "2", "--group", GROUP, "--backend", "aws", "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["EvaluationMetrics"] == EVALUATION and described["ModelPackageVersion"] == 2
+
+
+def test_unknown_packages_and_statuses_exit_2(sm, capsys):
+    assert main(["models", "approve", "9", "--group", GROUP, "--backend", "aws"]) == 2
+    assert f"no model package version 9 in group '{GROUP}'" in capsys.readouterr().err
+    assert main(["models", "list", "--backend", "aws", "--status", "Good"]) == 2
+    assert "approval status must be one of" in capsys.readouterr().err
+    assert main(["models", "describe", "latest", "--backend", "aws"]) == 2
+    assert status_of(sm, 1)["ModelApprovalStatus"] == "PendingManualApproval"
+
+
+def test_approve_and_reject_on_the_local_registry(tmp_path, capsys):
+    from pipelines.local.registry import LocalModelRegistry
+    from pipelines.settings import Settings
+
+    registry = LocalModelRegistry(Settings(home=tmp_path))
+    request = {"ModelPackageGroupName": GROUP, "InferenceSpecification": {"Containers": [
+        {"Image": "img:1", "ModelDataUrl": "s3://imgpipe-local/model.tar.gz"}]}}
+    arn = registry.register(request)["ModelPackageArn"]
+    assert main(["models", "approve", "1", "--home", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == f"{arn}: PendingManualApproval -> Approved"
+    assert registry.describe(arn)["ModelApprovalStatus"] == "Approved"
+    assert main(["models", "reject", arn, "--home", str(tmp_path), "--reason", "drift"]) == 0
+    rejected = registry.describe(arn)
+    assert rejected["ModelApprovalStatus"] == "Rejected" and rejected["ApprovalDescription"] == "drift"
+    assert main(["models", "list", "--home", str(tmp_path), "--status", "Approved"]) == 0
+    assert "no model packages" in capsys.readouterr().out
