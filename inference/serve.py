@@ -252,6 +252,14 @@ class ModelServer:
                 return True
         return False
 
+    def _close_idle_connections(self) -> None:
+        """While draining: keep-alive connections between requests are closed (clients reconnect,
+        to the new server); connections with a request under way are closed once answered."""
+        for obj in list(self.map.values()):
+            if (isinstance(obj, HTTPChannel) and not obj.requests and not obj.total_outbufs_len
+                    and obj.request is None):
+                obj.handle_close()
+
     def serve(self) -> None:
         self._start_control()
         self._write_ready()
@@ -266,6 +274,7 @@ class ModelServer:
         deadline, quiet_since = time.monotonic() + DRAIN_MAX_SECONDS, None
         while time.monotonic() < deadline:
             wasyncore.loop(timeout=0.05, map=self.map, use_poll=True, count=1)
+            self._close_idle_connections()
             if self._busy():
                 quiet_since = None
             elif quiet_since is None:

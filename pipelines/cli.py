@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "pipelines.local.endpoints_cli",  # imgpipe endpoints list / delete, imgpipe predict
     "pipelines.triggers",  # imgpipe triggers apply
     "pipelines.weights",  # imgpipe weights install
+    "pipelines.report",  # imgpipe report
 )
 
 

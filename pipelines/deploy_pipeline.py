@@ -25,8 +25,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Iterator, Optional, Sequence
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
@@ -35,17 +35,12 @@ import sagemaker  # noqa: E402
 from sagemaker import image_uris  # noqa: E402
 from sagemaker.processing import FrameworkProcessor, ProcessingInput, ProcessingOutput  # noqa: E402
 from sagemaker.pytorch import PyTorch  # noqa: E402
+from sagemaker.workflow import retry  # noqa: E402
 from sagemaker.workflow.functions import JsonGet  # noqa: E402
 from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString  # noqa: E402
 from sagemaker.workflow.pipeline import Pipeline  # noqa: E402
 from sagemaker.workflow.pipeline_context import PipelineSession  # noqa: E402
 from sagemaker.workflow.properties import PropertyFile  # noqa: E402
-from sagemaker.workflow.retry import (  # noqa: E402
-    SageMakerJobExceptionTypeEnum,
-    SageMakerJobStepRetryPolicy,
-    StepExceptionTypeEnum,
-    StepRetryPolicy,
-)
 from sagemaker.workflow.steps import ProcessingStep  # noqa: E402
 
 from pipelines.pipeline import (  # noqa: E402
@@ -53,6 +48,7 @@ from pipelines.pipeline import (  # noqa: E402
     FRAMEWORK_VERSION,
     PY_VERSION,
     SHARED_CODE,
+    ImgpipePipeline,
     _ignore_build_litter,
     get_session,
 )
@@ -80,7 +76,7 @@ def staged_deploy_code(code_root: Path | str = CODE_ROOT) -> Iterator[Path]:
     """A clean copy of ``steps/`` and the dependencies, made the working directory meanwhile."""
     code_root = Path(code_root).resolve()
     previous = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="imgpipe-deploy-code-") as tmp:
+    with TemporaryDirectory(prefix="imgpipe-deploy-code-") as tmp:
         for relative in (SOURCE_DIR, *DEPENDENCIES):
             source, target = code_root / relative, Path(tmp) / relative
             if source.is_dir():
@@ -97,30 +93,37 @@ def staged_deploy_code(code_root: Path | str = CODE_ROOT) -> Iterator[Path]:
             os.chdir(previous)
 
 
-class DeployPipeline(Pipeline):
-    """A :class:`Pipeline` compiled (code uploaded) from a staged copy of the deploy code."""
-
-    def __init__(self, *args, code_root: Path | str = CODE_ROOT, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.code_root = Path(code_root)
+class DeployPipeline(ImgpipePipeline):
+    """The build pipeline's class, compiled (code uploaded) from a staged copy of the deploy code."""
 
     def definition(self) -> str:
         with staged_deploy_code(self.code_root):
-            return super().definition()
+            return Pipeline.definition(self)
+
+
+def session_and_role(region: Optional[str], role: Optional[str], default_bucket: Optional[str],
+                     session: Optional[PipelineSession]) -> tuple[PipelineSession, str]:
+    """The given session (else one for ``region``) and role (else the notebook's, if any)."""
+    if session is None and not region:
+        raise ValueError("get_pipeline needs a region (or a sagemaker_session)")
+    session = session or get_session(region, default_bucket)
+    if role:
+        return session, role
+    try:
+        return session, sagemaker.session.get_execution_role(session)
+    except Exception as exc:  # not in a SageMaker notebook: no role to discover
+        raise ValueError("no IAM role given: pass role='arn:aws:iam::<account>:role/<name>' "
+                         f"(could not use the notebook's execution role: {exc})") from exc
 
 
 def get_pipeline(
     region: Optional[str] = None,
     role: Optional[str] = None,
     default_bucket: Optional[str] = None,
+    *,
     pipeline_name: str = "ImgpipeDeploy",
     model_package_group_name: str = "ImgpipeModels",
     endpoint_name: str = "imgpipe",
-    base_job_prefix: str = "imgpipe",
-    sagemaker_session: Optional[PipelineSession] = None,
-    framework_version: str = FRAMEWORK_VERSION,
-    py_version: str = PY_VERSION,
-    processing_instance_type: str = "ml.m5.large",
     endpoint_instance_type: str = "ml.m5.large",
     endpoint_instance_count: int = 1,
     data_capture_percent: int = 20,
@@ -130,6 +133,11 @@ def get_pipeline(
     bake_seconds: int = 300,
     smoke_test_min_accuracy: float = 0.8,
     smoke_test_max_images: int = 200,
+    processing_instance_type: str = "ml.m5.large",
+    base_job_prefix: str = "imgpipe",
+    framework_version: str = FRAMEWORK_VERSION,
+    py_version: str = PY_VERSION,
+    sagemaker_session: Optional[PipelineSession] = None,
     sagemaker_project_name: Optional[str] = None,
     sagemaker_project_arn: Optional[str] = None,
     code_root: Path | str = CODE_ROOT,
@@ -150,17 +158,8 @@ def get_pipeline(
             bakes (``bake_seconds``); none: SageMaker's health checks only.
         sagemaker_project_name, sagemaker_project_arn: accepted like the build pipeline's.
     """
-    if sagemaker_session is None:
-        if not region:
-            raise ValueError("get_pipeline needs a region (or a sagemaker_session)")
-        sagemaker_session = get_session(region, default_bucket)
+    sagemaker_session, role = session_and_role(region, role, default_bucket, sagemaker_session)
     region = sagemaker_session.boto_region_name
-    if role is None:
-        try:
-            role = sagemaker.session.get_execution_role(sagemaker_session)
-        except Exception as exc:  # not in a SageMaker notebook: no role to discover
-            raise ValueError("no IAM role given: pass role='arn:aws:iam::<account>:role/<name>' "
-                             f"(could not use the notebook's execution role: {exc})") from exc
     bucket = default_bucket or sagemaker_session.default_bucket()
 
     group = ParameterString(name="ModelPackageGroupName", default_value=model_package_group_name)
@@ -173,12 +172,12 @@ def get_pipeline(
     max_images = ParameterInteger(name="SmokeTestMaxImages", default_value=smoke_test_max_images)
     processing_instance = ParameterString(name="ProcessingInstanceType", default_value=processing_instance_type)
 
-    retries = [
-        StepRetryPolicy(exception_types=[StepExceptionTypeEnum.THROTTLING, StepExceptionTypeEnum.SERVICE_FAULT],
-                        interval_seconds=10, backoff_rate=2.0, max_attempts=5),
-        SageMakerJobStepRetryPolicy(exception_types=[SageMakerJobExceptionTypeEnum.CAPACITY_ERROR,
-                                                     SageMakerJobExceptionTypeEnum.RESOURCE_LIMIT],
-                                    interval_seconds=60, backoff_rate=2.0, max_attempts=3),
+    step_errors, job_errors = retry.StepExceptionTypeEnum, retry.SageMakerJobExceptionTypeEnum
+    retries = [  # a retried Deploy finds the endpoint done or in progress and carries on
+        retry.StepRetryPolicy(exception_types=[step_errors.THROTTLING, step_errors.SERVICE_FAULT],
+                              interval_seconds=10, backoff_rate=2.0, max_attempts=5),
+        retry.SageMakerJobStepRetryPolicy(exception_types=[job_errors.CAPACITY_ERROR, job_errors.RESOURCE_LIMIT],
+                                          interval_seconds=60, backoff_rate=2.0, max_attempts=3),
     ]
 
     def processor(name: str) -> FrameworkProcessor:

@@ -16,7 +16,7 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from pipelines.local.progress import format_table
 from pipelines.settings import Settings
@@ -26,10 +26,10 @@ ACCURACY_PATH = ("multiclass_classification_metrics", "accuracy", "value")
 
 
 def _local_registry(settings: Settings) -> Any:
-    from pipelines.local.object_store import ObjectStore
-    from pipelines.local.registry import LocalModelRegistry
+    """The local registry whose approval changes go to the local event bus (-> deploy pipeline)."""
+    from pipelines.local.events import local_registry
 
-    return LocalModelRegistry(settings, ObjectStore(settings.s3_root))
+    return local_registry(settings)
 
 
 def _aws_registry(settings: Settings) -> Any:

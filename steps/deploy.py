@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from deploy_backends import get_hosting, get_registry
+from deploy_backends import fail, get_hosting, get_registry
 
 # The build pipeline's evaluation report and test split (SDK default output locations:
 # s3://<bucket>/<pipeline>/<execution id>/<step>/output/<output name>).
@@ -115,12 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bake_seconds=args.bake_seconds)
         report = deploy(args, registry, hosting)
     except Exception as exc:  # noqa: BLE001 - the job's failure reason, then a non-zero exit
-        from imgclf.container import write_failure
-
-        message = f"Deploy failed: {type(exc).__name__}: {exc}"
-        write_failure(message)
-        print(message, file=sys.stderr)
-        return 1
+        return fail(f"Deploy failed: {type(exc).__name__}: {exc}")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_NAME).write_text(json.dumps(report, indent=2))

@@ -9,6 +9,7 @@ from the copies shipped next to the step scripts in SageMaker's processing conta
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -50,3 +51,12 @@ def get_hosting(region: Optional[str] = None, **sagemaker_options: Any) -> Any:
 
         return LocalHosting(_local_settings())
     return hosting.SageMakerHosting(region, **sagemaker_options)
+
+
+def fail(message: str) -> int:
+    """Record ``message`` as the job's failure reason and on stderr; the exit status (1)."""
+    from imgclf.container import write_failure
+
+    write_failure(message)
+    print(message, file=sys.stderr)
+    return 1

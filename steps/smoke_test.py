@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from deploy_backends import HostingError, get_hosting
+from deploy_backends import HostingError, fail, get_hosting
 
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 REPORT_NAME = "smoke-test.json"
@@ -99,17 +99,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         images = pick_images(Path(args.test_dir), args.max_images)
         report = smoke_test(get_hosting(args.region), args.endpoint_name, images, args.min_accuracy)
-    except Exception as exc:  # noqa: BLE001 - the job's failure reason, then a non-zero exit
-        from imgclf.container import write_failure
-
-        if isinstance(exc, SmokeTestFailed) and len(exc.args) > 1:
+    except SmokeTestFailed as exc:
+        if len(exc.args) > 1:
             _write(args.output_dir, exc.args[1])
-            message = f"SmokeTest failed: {exc.args[0]}"
-        else:
-            message = f"SmokeTest failed: {type(exc).__name__}: {exc}"
-        write_failure(message)
-        print(message, file=sys.stderr)
-        return 1
+        return fail(f"SmokeTest failed: {exc.args[0]}")
+    except Exception as exc:  # noqa: BLE001 - the job's failure reason, then a non-zero exit
+        return fail(f"SmokeTest failed: {type(exc).__name__}: {exc}")
     _write(args.output_dir, report)
     print(f"smoke test passed: accuracy {report['accuracy']:.4f} on {report['images']} images")
     return 0

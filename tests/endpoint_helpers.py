@@ -1,6 +1,6 @@
 """Shared pieces of the endpoint tests: a really trained tiny model, an untrained one, images.
 
-The trained model is MobileNetV2 (ImageNet weights) fine-tuned by ``training/train.py`` for 5
+The trained model is MobileNetV2 (ImageNet weights) fine-tuned by ``training/train.py`` for 6
 epochs on three digit classes of scikit-learn's digits rendered by ``pipelines.datasets`` at
 32 px (about 10 s on 2 cores); it is trained once per test session and shared by every endpoint
 test file (cached under pytest's session temp directory).
@@ -48,7 +48,7 @@ def trained_model(cache: Path) -> tuple[Path, Path]:
             out = subprocess.run(
                 [sys.executable, "train.py", "--train-dir", str(data / "train"), "--valid-dir", str(data / "valid"),
                  "--model-dir", str(model_dir), "--output-data-dir", str(cache / "out"),
-                 "--checkpoint-dir", str(cache / "ckpt"), "--image-size", str(IMAGE_SIZE), "--epochs", "5",
+                 "--checkpoint-dir", str(cache / "ckpt"), "--image-size", str(IMAGE_SIZE), "--epochs", "6",
                  "--augment", "false",
                  "--batch-size", "16", "--optimizer", "adam", "--learning-rate", "0.001", "--workers", "1"],
                 cwd=REPO / "training", env=env, capture_output=True, text=True, timeout=300)

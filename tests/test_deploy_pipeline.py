@@ -11,20 +11,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from awsfakes import fake_aws
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/service-role/AmazonSageMaker-PipelineRole"
 BUCKET = "imgpipe-deploy-test"
-
-
-@pytest.fixture(autouse=True)
-def _restore_sdk_log_levels():
-    from pipelines.get_pipeline_definition import QUIET_LOGGERS
-
-    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    yield
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -96,18 +87,14 @@ def test_shipped_code_runs_without_imgpipe(built, tmp_path):
 
 
 def test_run_pipeline_upserts_the_deploy_pipeline(monkeypatch, capsys):
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    import boto3
-    from moto import mock_aws
-
     from pipelines import run_pipeline
+    from pipelines.get_pipeline_definition import QUIET_LOGGERS
 
-    with mock_aws():
-        boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
+    for logger in map(logging.getLogger, QUIET_LOGGERS):  # run-pipeline quiets them: restored after
+        monkeypatch.setattr(logger, "level", logger.level)
+
+    with fake_aws(monkeypatch, REGION) as session:
+        session.client("s3").create_bucket(Bucket=BUCKET)
         kwargs = {"region": REGION, "default_bucket": BUCKET, "pipeline_name": "imgpipe-p-1-deploy",
                   "model_package_group_name": "imgpipe-p-1", "base_job_prefix": "imgpipe-p-1"}
         rc = run_pipeline.main(["--module-name", "pipelines.deploy_pipeline", "--role-arn", ROLE, "--no-start",
@@ -115,7 +102,7 @@ def test_run_pipeline_upserts_the_deploy_pipeline(monkeypatch, capsys):
         out = capsys.readouterr().out
         assert rc == 0, out
         assert "steps: Deploy, SmokeTest" in out and "created pipeline" in out
-        sm = boto3.client("sagemaker", region_name=REGION)
+        sm = session.client("sagemaker")
         described = sm.describe_pipeline(PipelineName="imgpipe-p-1-deploy")
         definition = json.loads(described["PipelineDefinition"])
         defaults = {p["Name"]: p["DefaultValue"] for p in definition["Parameters"]}

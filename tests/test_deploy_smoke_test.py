@@ -3,28 +3,20 @@ sagemaker-runtime's InvokeEndpoint scripted by botocore's Stubber (moto runs no 
 exact requests, and how answers, wrong labels and HTTP errors decide the step's outcome."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 from pathlib import Path
 
 import pytest
-
+from awsfakes import load_step
 from imagefactory import write_image
 
-REPO = Path(__file__).resolve().parent.parent
 ENDPOINT = "imgpipe-endpoint"
 
 
 @pytest.fixture
 def smoke(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "steps"))
-    monkeypatch.syspath_prepend(str(REPO / "training"))
-    monkeypatch.delenv("IMGPIPE_BACKEND", raising=False)
-    spec = importlib.util.spec_from_file_location("imgpipe_steps_smoke_test", REPO / "steps" / "smoke_test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_step(monkeypatch, "smoke_test")
 
 
 @pytest.fixture

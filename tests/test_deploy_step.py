@@ -6,14 +6,13 @@ once; it runs nothing. These tests check which package is picked and what is ask
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from awsfakes import fake_aws, load_step
 
-REPO = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
 GROUP = "imgpipe-p-1"
 ROLE = "arn:aws:iam::123456789012:role/imgpipe-model"
@@ -23,27 +22,13 @@ BUILD = "s3://imgpipe-bucket/imgpipe-p-1/exec-{}"
 
 @pytest.fixture
 def deploy_module(monkeypatch):
-    """steps/deploy.py imported like the container runs it (steps/ on sys.path)."""
-    monkeypatch.syspath_prepend(str(REPO / "steps"))
-    monkeypatch.delenv("IMGPIPE_BACKEND", raising=False)
-    spec = importlib.util.spec_from_file_location("imgpipe_steps_deploy", REPO / "steps" / "deploy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_step(monkeypatch, "deploy")
 
 
 @pytest.fixture
 def sm(monkeypatch):
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    import boto3
-    from moto import mock_aws
-
-    with mock_aws():
-        client = boto3.client("sagemaker", region_name=REGION)
+    with fake_aws(monkeypatch, REGION) as session:
+        client = session.client("sagemaker")
         client.create_model_package_group(ModelPackageGroupName=GROUP)
         yield client
 

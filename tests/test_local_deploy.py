@@ -65,7 +65,7 @@ def world(tmp_path_factory):
 def approvals(settings, min_accuracy):
     out = io.StringIO()
     registry = events.local_registry(settings, {"EndpointName": ENDPOINT, "SmokeTestMinAccuracy": min_accuracy,
-                                                "SmokeTestMaxImages": 30}, stream=out)
+                                                "SmokeTestMaxImages": 15}, stream=out)
     return registry, out
 
 
@@ -105,9 +105,6 @@ def test_approve_deploys_smoke_tests_and_predicts(world):
         assert lines[1].split()[:3] == ["LABEL", "INDEX", "PROBABILITY"]
         label, index, probability = lines[3].split()  # header, rule, best row
         assert label == cls and index == cls and float(probability) > 1 / 3
-
-    listing = imgpipe("endpoints", "list", home=settings.home)
-    assert ENDPOINT in listing.stdout and "InService" in listing.stdout and endpoint["Url"] in listing.stdout
 
 
 def test_bad_model_fails_smoke_test_then_reject_rolls_back(world):

@@ -378,3 +378,30 @@ def test_killed_engine_marked_failed_then_retry_completes(settings, tmp_path):
     result = engine.retry(execution_id)
     assert result.status == "Succeeded", result.failure_reason
     assert runs(tmp_path / "a") == 1  # A was not re-run
+
+
+def test_cache_key_uses_sagemakers_cache_key_attributes():
+    from pipelines.local.engine import cache_key
+
+    base = {
+        "AppSpecification": {"ImageUri": "img", "ContainerEntrypoint": ["python3", "run.py"]},
+        "Environment": {"A": "1"},
+        "ProcessingInputs": [{"InputName": "code", "S3Input": {"S3Uri": "s3://b/code.tar.gz"}}],
+        "ProcessingOutputConfig": {"Outputs": [{"OutputName": "out", "S3Output": {"S3Uri": "s3://b/x"}}]},
+        "ProcessingResources": {"ClusterConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1}},
+    }
+    key = cache_key("Processing", base)
+    moved = {**base, "ProcessingOutputConfig": {"Outputs": [{"OutputName": "out", "S3Output": {"S3Uri": "s3://b/y"}}]},
+             "ProcessingResources": {"ClusterConfig": {"InstanceType": "ml.c5.2xlarge", "InstanceCount": 1}}}
+    assert cache_key("Processing", moved) == key  # outputs and instances are not part of the key
+    assert cache_key("Processing", {**base, "Environment": {"A": "2"}}) != key
+    assert cache_key("Processing", {**base, "ProcessingInputs": []}) != key
+
+    tuning = {"HyperParameterTuningJobConfig": {"Strategy": "Bayesian"},
+              "TrainingJobDefinition": {"StaticHyperParameters": {"a": "1"}, "OutputDataConfig": {"S3OutputPath": "s3://b/1"},
+                                        "ResourceConfig": {"InstanceType": "ml.m5.xlarge"}}}
+    tkey = cache_key("Tuning", tuning)
+    assert cache_key("Tuning", {**tuning, "TrainingJobDefinition": {**tuning["TrainingJobDefinition"],
+                                                                    "OutputDataConfig": {"S3OutputPath": "s3://b/2"}}}) == tkey
+    assert cache_key("Tuning", {**tuning, "TrainingJobDefinition": {**tuning["TrainingJobDefinition"],
+                                                                    "StaticHyperParameters": {"a": "2"}}}) != tkey

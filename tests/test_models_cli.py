@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from awsfakes import fake_aws
 
 from pipelines.cli import main
 
@@ -18,20 +19,12 @@ EVALUATION = {"multiclass_classification_metrics": {"accuracy": {"value": 0.91, 
 
 @pytest.fixture
 def sm(monkeypatch):
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    import boto3
-    from moto import mock_aws
-
-    with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
+    with fake_aws(monkeypatch, REGION) as session:
+        s3 = session.client("s3")
         s3.create_bucket(Bucket=BUCKET)
         s3.put_object(Bucket=BUCKET, Key="exec-1/EvaluateModel/output/evaluation/evaluation.json",
                       Body=json.dumps(EVALUATION).encode())
-        client = boto3.client("sagemaker", region_name=REGION)
+        client = session.client("sagemaker")
         client.create_model_package_group(ModelPackageGroupName=GROUP)
         for status in ("PendingManualApproval", "Approved"):
             client.create_model_package(
@@ -100,9 +93,14 @@ def test_unknown_packages_and_statuses_exit_2(sm, capsys):
     assert status_of(sm, 1)["ModelApprovalStatus"] == "PendingManualApproval"
 
 
-def test_approve_and_reject_on_the_local_registry(tmp_path, capsys):
+def test_approve_and_reject_on_the_local_registry(tmp_path, capsys, monkeypatch):
+    """The status changes, and each change reaches the local approval rule (its target recorded here)."""
+    from pipelines.local import events
     from pipelines.local.registry import LocalModelRegistry
     from pipelines.settings import Settings
+
+    received = []
+    monkeypatch.setattr(events, "deploy_rule", lambda settings, params=None, stream=None: received.append)
 
     registry = LocalModelRegistry(Settings(home=tmp_path))
     request = {"ModelPackageGroupName": GROUP, "InferenceSpecification": {"Containers": [
@@ -116,3 +114,5 @@ def test_approve_and_reject_on_the_local_registry(tmp_path, capsys):
     assert rejected["ModelApprovalStatus"] == "Rejected" and rejected["ApprovalDescription"] == "drift"
     assert main(["models", "list", "--home", str(tmp_path), "--status", "Approved"]) == 0
     assert "no model packages" in capsys.readouterr().out
+    assert [(e["detail"]["ModelPackageArn"], e["detail"]["ModelApprovalStatus"]) for e in received] == [
+        (arn, "Approved"), (arn, "Rejected")]

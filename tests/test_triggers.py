@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from awsfakes import fake_aws
 
 from pipelines.triggers import TriggerError, TriggerSettings, apply_triggers
 
@@ -17,16 +18,7 @@ ACCOUNT = "123456789012"
 @pytest.fixture
 def session(monkeypatch):
     """A boto3 session on moto, with the two pipelines the triggers start."""
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    import boto3
-    from moto import mock_aws
-
-    with mock_aws():
-        session = boto3.Session(region_name=REGION)
+    with fake_aws(monkeypatch, REGION) as session:
         sm = session.client("sagemaker")
         for name in (DEPLOY, BUILD):
             sm.create_pipeline(PipelineName=name, RoleArn=f"arn:aws:iam::{ACCOUNT}:role/pipeline",

@@ -150,9 +150,10 @@ def _loss_not_decreasing() -> type:
     Rule = _rule_base()
 
     class LossNotDecreasing(Rule):
-        """The loss of each mode, checked every ``num_steps``: it must have fallen by at least
-        ``diff_percent`` % since the last check, and never rise more than
-        ``increase_threshold_percent`` % above its lowest value; a non-finite loss triggers."""
+        """The loss of each mode, checked every ``num_steps`` (against the last checked step at
+        least ``num_steps`` before): it must have fallen by at least ``diff_percent`` % since
+        that check, and never be more than ``increase_threshold_percent`` % above the lowest
+        checked value; a non-finite loss triggers at once."""
 
         def __init__(self, base_trial: Any, p: dict):
             super().__init__(base_trial, action_str="")
@@ -182,14 +183,15 @@ def _loss_not_decreasing() -> type:
                     self.finding = Finding(step, f"{name} ({mode_name}) is {value} at step {mode_step}",
                                            {"tensor": name, "mode": mode_name, "mode_step": mode_step, "loss": value})
                     return True
-                lowest = self.lowest[key] = min(self.lowest.get(key, value), value)
                 last = self.last.get(key)
                 if last is None:
                     self.last[key] = (mode_step, value)
+                    self.lowest[key] = value
                     continue
                 if mode_step - last[0] < self.p["num_steps"]:
                     continue
                 self.last[key] = (mode_step, value)
+                lowest = self.lowest[key] = min(self.lowest[key], value)
                 self.checks += 1
                 decrease = (last[1] - value) / abs(last[1]) * 100 if last[1] else 0.0
                 values = {"tensor": name, "mode": mode_name, "mode_step": mode_step, "loss": value,

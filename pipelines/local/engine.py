@@ -248,8 +248,28 @@ def parse_iso_duration(text: str) -> float:
     return sum(float(v) * u for v, u in zip(match.groups(), units) if v)
 
 
+# The request attributes SageMaker Pipelines compares to decide a cache hit ("Default cache key
+# attributes by pipeline step type"): output locations, instance types and job names are not
+# among them, so a run that only moves outputs or changes instance types is still a hit.
+CACHE_KEY_ATTRIBUTES = {
+    "Processing": ("AppSpecification", "Environment", "ProcessingInputs"),
+    "Training": ("AlgorithmSpecification", "CheckpointConfig", "DebugHookConfig", "DebugRuleConfigurations",
+                 "Environment", "HyperParameters", "InputDataConfig"),
+    "Tuning": ("HyperParameterTuningJobConfig", "TrainingJobDefinition", "TrainingJobDefinitions"),
+}
+TUNING_DEFINITION_ATTRIBUTES = ("AlgorithmSpecification", "HyperParameterRanges", "InputDataConfig",
+                                "StaticHyperParameters", "TuningObjective")
+
+
 def cache_key(step_type: str, arguments: Any) -> str:
-    """Hash of a step's type and its arguments resolved with Execution.* held symbolic."""
+    """Hash of a step's type and its cache-key attributes (all arguments for other step
+    types), resolved with Execution.* held symbolic."""
+    names = CACHE_KEY_ATTRIBUTES.get(step_type)
+    if names is not None and isinstance(arguments, dict):
+        arguments = {name: arguments.get(name) for name in names}
+        definition = arguments.get("TrainingJobDefinition")
+        if step_type == "Tuning" and isinstance(definition, dict):
+            arguments["TrainingJobDefinition"] = {name: definition.get(name) for name in TUNING_DEFINITION_ATTRIBUTES}
     payload = json.dumps({"Type": step_type, "Arguments": arguments}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 

@@ -55,6 +55,7 @@ DETAIL_FIELDS = (
 )
 
 Target = Callable[[dict], Any]
+_DEFINITIONS: dict[tuple, dict] = {}
 
 
 def _now() -> str:
@@ -160,7 +161,10 @@ def run_deploy_pipeline(settings: Settings, parameters: Mapping[str, Any], *,
     store = ObjectStore(settings.s3_root)
     kwargs = {"region": settings.region, "role": settings.role_arn, "default_bucket": settings.default_bucket,
               "pipeline_name": pipeline_name}
-    definition = build_definition(module_name=module_name, kwargs=kwargs, store=store, settings=settings)
+    key = (module_name, str(settings.s3_root), json.dumps(kwargs, sort_keys=True))
+    if key not in _DEFINITIONS:  # built once per process (the code it uploaded stays in the store)
+        _DEFINITIONS[key] = build_definition(module_name=module_name, kwargs=kwargs, store=store, settings=settings)
+    definition = _DEFINITIONS[key]
     result = Engine(settings, on_event=Progress(stream=out)).run(definition, dict(parameters),
                                                                   pipeline_name=pipeline_name)
     out.write("\n" + summary(result, settings))

@@ -331,10 +331,6 @@ class LocalHosting:
                 self._kill(new)
                 shutil.rmtree(model_dir, ignore_errors=True)
                 raise HostingError(f"could not activate the new server of {endpoint_name}: {exc}") from None
-            if old_alive:
-                self._stop(old)
-            if old and old.get("ModelDir") and Path(old["ModelDir"]) != model_dir:
-                shutil.rmtree(old["ModelDir"], ignore_errors=True)
             now = _now()
             state = {
                 "EndpointName": endpoint_name,
@@ -353,7 +349,11 @@ class LocalHosting:
                 "LastModifiedTime": now,
                 **new,
             }
-            self._write_state(endpoint_name, state)
+            self._write_state(endpoint_name, state)  # clients find the new server before the old one goes
+            if old_alive:
+                self._stop(old)
+            if old and old.get("ModelDir") and Path(old["ModelDir"]) != model_dir:
+                shutil.rmtree(old["ModelDir"], ignore_errors=True)
             status, answer = http_get(state["Host"], state["Port"], "/ping")
             if status != 200 or (isinstance(answer, dict) and answer.get("pid") != state["Pid"]):
                 raise HostingError(f"{endpoint_name}: after the switch /ping answered {status} {answer!r}")

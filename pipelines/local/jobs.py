@@ -9,6 +9,7 @@ SageMaker's layout. A job failure never raises: the Describe*-shaped result says
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -614,6 +615,11 @@ class _TrainingLayout:
     checkpoint_dir: Path
     tensors_dir: Optional[Path] = None
     tensorboard_dir: Optional[Path] = None
+    profiler_dir: Optional[Path] = None
+    # Debugger / Profiler verdicts, as DescribeTrainingJob reports them
+    rule_statuses: Optional[list] = None
+    profiler_statuses: Optional[list] = None
+    profiler_findings: Optional[list] = None
 
 
 def _prepare_training(request: dict, job_name: str, ctx: JobContext, layout: _TrainingLayout,
@@ -647,6 +653,13 @@ def _prepare_training(request: dict, job_name: str, ctx: JobContext, layout: _Tr
         layout.tensors_dir = Path(hook["LocalPath"])
         layout.tensors_dir.mkdir(parents=True, exist_ok=True)
         _write_json(config_dir / "debughookconfig.json", hook)
+    profiler = request.get("ProfilerConfig") or {}
+    if profiler and not profiler.get("DisableProfiler"):
+        from pipelines.local.profiler import smdebug_profiler_config
+
+        layout.profiler_dir = job_dir / "output" / "profiler"
+        layout.profiler_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(config_dir / "profilerconfig.json", smdebug_profiler_config(profiler, layout.profiler_dir))
     if request.get("TensorBoardOutputConfig"):
         layout.tensorboard_dir = mapper.path(request["TensorBoardOutputConfig"].get("LocalPath") or "/opt/ml/output/tensorboard")
         layout.tensorboard_dir.mkdir(parents=True, exist_ok=True)
@@ -662,6 +675,9 @@ def _upload_training_outputs(request: dict, job_name: str, ctx: JobContext, layo
     if layout.tensors_dir is not None and hook.get("S3OutputPath"):
         (layout.tensors_dir / "training_job_end.ts").touch()  # smdebug trials wait for it
         ctx.store.upload(layout.tensors_dir, f"{hook['S3OutputPath'].rstrip('/')}/{job_name}/debug-output")
+    profiler = request.get("ProfilerConfig") or {}
+    if layout.profiler_dir is not None and profiler.get("S3OutputPath"):
+        ctx.store.upload(layout.profiler_dir, f"{profiler['S3OutputPath'].rstrip('/')}/{job_name}/profiler-output")
     tensorboard = request.get("TensorBoardOutputConfig") or {}
     if layout.tensorboard_dir is not None and tensorboard.get("S3OutputPath"):
         ctx.store.upload(layout.tensorboard_dir, f"{tensorboard['S3OutputPath'].rstrip('/')}/{job_name}/tensorboard-output")
@@ -721,6 +737,10 @@ def run_training_job(request: dict, job_name: str, ctx: JobContext,
         "LogPath": str(log_path),
         "LocalJobDir": str(job_dir),
         "MetricHistory": {k: [{"Epoch": e, "Value": v} for e, v in h] for k, h in parser.history.items()},
+        "DebugRuleEvaluationStatuses": layout.rule_statuses,
+        "ProfilerRuleEvaluationStatuses": layout.profiler_statuses,
+        "ProfilingStatus": ("Enabled" if layout.profiler_dir is not None else "Disabled") if request.get("ProfilerConfig") else None,
+        "ProfilerFindings": layout.profiler_findings,
     }
     return {k: v for k, v in describe.items() if v is not None}
 
@@ -757,10 +777,56 @@ def _execute_training(request: dict, job_name: str, ctx: JobContext, layout: _Tr
 
     max_runtime = (request.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
     outcome.start = now_iso()
-    result = run_process(cmd, cwd=job_dir / "code", env=env, log_path=log_path, on_line=on_line,
-                         control=ctx.control, max_runtime=max_runtime)
+    started = time.time()
+    with _system_sampler(request, layout):
+        result = run_process(cmd, cwd=job_dir / "code", env=env, log_path=log_path, on_line=on_line,
+                             control=ctx.control, max_runtime=max_runtime)
     outcome.finish(result, job_dir, log_path, max_runtime)
+    _evaluate_debugger_and_profiler(request, job_name, ctx, layout, started)
     outcome.model_uri = _upload_training_outputs(request, job_name, ctx, layout, outcome.status)
     if outcome.status == "Completed":  # in the store now (or container scratch); a failed job keeps everything
         _remove_copies([job_dir / "input" / "data", job_dir / "model", layout.checkpoint_dir,
-                        layout.tensors_dir, layout.tensorboard_dir])
+                        layout.tensors_dir, layout.tensorboard_dir, layout.profiler_dir])
+
+
+def _system_sampler(request: dict, layout: _TrainingLayout) -> Any:
+    """The Profiler's system-metrics sampler for the job's run (a no-op without profiling)."""
+    if layout.profiler_dir is None:
+        return contextlib.nullcontext()
+    from pipelines.local.profiler import SystemSampler
+
+    interval_ms = int((request.get("ProfilerConfig") or {}).get("ProfilingIntervalInMilliseconds") or 500)
+    return SystemSampler(layout.profiler_dir, interval_ms / 1000.0)
+
+
+def _evaluate_debugger_and_profiler(request: dict, job_name: str, ctx: JobContext, layout: _TrainingLayout,
+                                    started: float) -> None:
+    """Debugger rules over the job's tensors and ProfilerReport findings over its profiler
+    output, as SageMaker's rule jobs would report them (statuses on the layout)."""
+    rules = request.get("DebugRuleConfigurations") or []
+    if rules:
+        from pipelines.local.debugger import evaluate_rules
+
+        def arn_for(rule: str) -> str:
+            return job_arn(ctx.settings, "processing-job", f"{job_name[:40]}-{rule[:15]}")
+
+        tensors = layout.tensors_dir or layout.mapper.path("/opt/ml/output/tensors")
+        layout.rule_statuses = evaluate_rules(rules, tensors, arn_for)
+        for status in layout.rule_statuses:
+            _log_note(layout.log_path, f"rule {status['RuleConfigurationName']}: {status['RuleEvaluationStatus']}"
+                                       f" - {status.get('StatusDetails', '')}")
+    profiler_rules = request.get("ProfilerRuleConfigurations") or []
+    if layout.profiler_dir is not None:
+        from pipelines.local.profiler import profiler_report_status
+
+        names = [str(r.get("RuleConfigurationName")) for r in profiler_rules] or ["ProfilerReport"]
+        status, findings = profiler_report_status(layout.profiler_dir, started, names[0])
+        layout.profiler_statuses = [status] + [
+            {**status, "RuleConfigurationName": n, "RuleEvaluationStatus": "Error",
+             "StatusDetails": f"profiler rule {n!r} has no local implementation (local: ProfilerReport)"}
+            for n in names[1:]]
+        layout.profiler_findings = findings
+    elif profiler_rules:
+        layout.profiler_statuses = [{"RuleConfigurationName": r.get("RuleConfigurationName"), "RuleEvaluationStatus": "Error",
+                                     "StatusDetails": "the profiler is disabled for this job: no system metrics"}
+                                    for r in profiler_rules]
