@@ -189,16 +189,16 @@ class SageMakerHosting:
         if current and current["EndpointStatus"] == "InService" and all(
                 current.get(k) == v for k, v in wanted.items()):
             return {**result, "Action": "Unchanged", "EndpointConfigName": current["EndpointConfigName"]}
+        if current and current["EndpointStatus"] == "Failed":
+            raise HostingError(
+                f"endpoint {endpoint_name} is Failed ({current.get('FailureReason', 'no reason given')}) "
+                "and cannot be updated: delete it, then deploy again")
         name = resource_name(endpoint_name, model_package.get("ModelPackageVersion", "0"))
         self._create_model(name, package_arn)
         self._create_config(name, name, instance_type, int(instance_count), int(data_capture_percent))
         if current is None:
             self.sm.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=name)
             action = "Created"
-        elif current["EndpointStatus"] == "Failed":
-            raise HostingError(
-                f"endpoint {endpoint_name} is Failed ({current.get('FailureReason', 'no reason given')}) "
-                "and cannot be updated: delete it, then deploy again")
         else:
             self.sm.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=name,
                                     DeploymentConfig=self.deployment_config())

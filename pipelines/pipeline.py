@@ -369,22 +369,25 @@ def get_pipeline(
     processing_image = image("training", processing_instance_type)
     training_image = image("training", training_instance_type)
 
+    def processor(name: str) -> FrameworkProcessor:
+        """A PyTorch processing job on ``ProcessingInstanceType`` (the scripts need torch)."""
+        return FrameworkProcessor(
+            estimator_cls=PyTorch,
+            framework_version=framework_version,
+            py_version=py_version,
+            image_uri=processing_image,
+            role=role,
+            instance_type=processing_instance,
+            instance_count=1,
+            base_job_name=f"{base_job_prefix}-{name}",
+            sagemaker_session=sagemaker_session,
+        )
+
     # ----------------------------------------------------------------------------- PrepareData
-    processor = FrameworkProcessor(
-        estimator_cls=PyTorch,
-        framework_version=framework_version,
-        py_version=py_version,
-        image_uri=processing_image,
-        role=role,
-        instance_type=processing_instance,
-        instance_count=1,
-        base_job_name=f"{base_job_prefix}-prepare-data",
-        sagemaker_session=sagemaker_session,
-    )
     step_process = ProcessingStep(
         name="PrepareData",
         description="Split class folders of images into train/valid/test; report classes.",
-        step_args=processor.run(
+        step_args=processor("prepare-data").run(
             code="preprocess.py",
             source_dir="steps",
             dependencies=[SHARED_CODE],
@@ -528,24 +531,13 @@ def get_pipeline(
     model_data = step_train.properties.ModelArtifacts.S3ModelArtifacts
 
     # ----------------------------------------------------------------------------- evaluation
-    evaluator = FrameworkProcessor(
-        estimator_cls=PyTorch,
-        framework_version=framework_version,
-        py_version=py_version,
-        image_uri=processing_image,
-        role=role,
-        instance_type=processing_instance,
-        instance_count=1,
-        base_job_name=f"{base_job_prefix}-evaluate",
-        sagemaker_session=sagemaker_session,
-    )
     evaluation_report = PropertyFile(
         name="EvaluationReport", output_name="evaluation", path="evaluation.json"
     )
     step_eval = ProcessingStep(
         name="EvaluateModel",
         description="Accuracy, per-class accuracy and confusion matrix on the test split.",
-        step_args=evaluator.run(
+        step_args=processor("evaluate").run(
             code="evaluate.py",
             source_dir="steps",
             dependencies=[SHARED_CODE],
