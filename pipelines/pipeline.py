@@ -587,6 +587,8 @@ def get_pipeline(
         "architecture": architecture,
         "image_size": Join(on="", values=[image_size]),
         "input_data_url": input_data,
+        # held-out images the deploy pipeline's smoke test sends to the endpoint
+        "test_data_url": outputs["test"].S3Output.S3Uri,
         "test_accuracy": Join(on="", values=[test_accuracy]),
         "pipeline_execution_id": ExecutionVariables.PIPELINE_EXECUTION_ID,
         "pipeline_execution_arn": ExecutionVariables.PIPELINE_EXECUTION_ARN,

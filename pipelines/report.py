@@ -67,6 +67,8 @@ def read_history(output_tar: Path) -> list[dict]:
 
 def read_tensors(data: ReportData, debug_dir: Path) -> None:
     """Loss series and per-step gradient norms from the Debugger output in ``debug_dir``."""
+    import numpy as np
+
     from pipelines.local.debugger import loss_series, open_trial, select_tensors
 
     trial = open_trial(debug_dir)
@@ -79,8 +81,9 @@ def read_tensors(data: ReportData, debug_dir: Path) -> None:
         for name in gradients:
             tensor = trial.tensor(name)
             if step in tensor.steps():
-                squares += float(tensor.reduction_value(step, "l2")) ** 2
-                smallest = min(smallest, float(tensor.reduction_value(step, "mean", abs=True)))
+                value = np.abs(np.asarray(tensor.value(step), dtype=np.float64))
+                squares += float(np.sum(value * value))
+                smallest = min(smallest, float(value.mean()))
         data.gradients.append((int(step), squares ** 0.5, smallest))
 
 

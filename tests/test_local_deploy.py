@@ -57,8 +57,10 @@ def world(tmp_path_factory):
             "CustomerMetadataProperties": {"test_data_url": TEST_DATA},
         }))
     os.environ["IMGPIPE_ENDPOINT_PORT"] = "0"  # a free port: never collide with other tests
+    os.environ["IMGPIPE_TORCH_THREADS"] = "1"
     yield settings, packages, data
     os.environ.pop("IMGPIPE_ENDPOINT_PORT", None)
+    os.environ.pop("IMGPIPE_TORCH_THREADS", None)
     LocalHosting(settings).delete_endpoint(ENDPOINT)
 
 

@@ -240,7 +240,8 @@ def test_dependencies_follow_the_data(definition):
     assert refs["CheckAccuracy"] == {"EvaluateModel"}
     assert refs["RegisterModel-RepackModel-0"] == {"TrainBestModel"}
     assert refs["RegisterModel-RegisterModel"] == {
-        "RegisterModel-RepackModel-0", "EvaluateModel", "TuneHyperparameters"
+        "RegisterModel-RepackModel-0", "EvaluateModel", "TuneHyperparameters",
+        "PrepareData",  # metadata test_data_url: the held-out images for the smoke test
     }
     assert refs["AccuracyTooLow"] == {"EvaluateModel"}
     assert not any(step.get("DependsOn") for step in steps.values())

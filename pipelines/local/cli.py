@@ -30,7 +30,7 @@ from pipelines.local.engine import (
     validate_parameters,
 )
 from pipelines.local.object_store import ObjectStore
-from pipelines.local.progress import Progress, format_duration, format_table, steps_table, summary
+from pipelines.local.progress import Progress, format_duration, format_table, rule_rows, steps_table, summary
 from pipelines.local.records import Records
 from pipelines.settings import Settings
 
@@ -254,6 +254,10 @@ def cmd_executions_describe(args: argparse.Namespace) -> int:
     print(format_table(["NAME", "VALUE"], sorted(record.parameters.items())))
     print("\nSteps:")
     print(steps_table(record.steps, detail=True))
+    rules = rule_rows(record.steps)
+    if rules:
+        print("\nDebugger / Profiler rules:")
+        print(format_table(["STEP", "RULE", "STATUS", "DETAILS"], rules))
     notes = [(s.name, s.failure_reason) for s in record.steps if s.failure_reason and s.status != "NotRun"]
     notes += [(s.name, f"cached: reused {s.cached_from}") for s in record.steps if s.cached_from]
     if notes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -476,6 +477,8 @@ def rule_name_of(config: dict) -> str:
 
 
 def _quiet_smdebug() -> None:
+    """smdebug logs every trial refresh at INFO; keep warnings (e.g. an empty collection)."""
+    os.environ.setdefault("SMDEBUG_LOG_LEVEL", "warning")
     for name in _LOGGER_NAMES:
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -198,6 +198,19 @@ def registered_model(result: ExecutionResult) -> Optional[dict]:
     return None
 
 
+def rule_rows(steps: Sequence[StepRecord]) -> list[list[Any]]:
+    """``[step, rule, status, details]`` of every Debugger and Profiler rule verdict the
+    steps' training jobs report (DebugRuleEvaluationStatuses / ProfilerRuleEvaluationStatuses)."""
+    rows = []
+    for step in steps:
+        props = step.properties or {}
+        for status in (props.get("DebugRuleEvaluationStatuses") or []) + (props.get("ProfilerRuleEvaluationStatuses") or []):
+            details = " ".join(str(status.get("StatusDetails") or "").split())
+            rows.append([step.name, status.get("RuleConfigurationName"), status.get("RuleEvaluationStatus"),
+                         details if len(details) <= 110 else details[:107] + "..."])
+    return rows
+
+
 def summary(result: ExecutionResult, settings: Settings) -> str:
     """The end-of-run report: steps table, best hyperparameters, test accuracy, and the
     registered model version or the failure message."""
@@ -206,6 +219,8 @@ def summary(result: ExecutionResult, settings: Settings) -> str:
     best = best_hyperparameters(result)
     if best:
         lines.append("Best hyperparameters: " + ", ".join(f"{k}={v}" for k, v in sorted(best.items())))
+    for step_name, rule, status, _ in rule_rows(result.steps):
+        lines.append(f"Rule {rule} ({step_name}): {status}")
     accuracy = test_accuracy(result, settings)
     if accuracy:
         lines.append(f"Test accuracy: {accuracy[1]:.4f} ({accuracy[0]})")
