@@ -22,16 +22,12 @@ pipelines.deploy_pipeline`` (see :mod:`pipelines.offline`).
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 from pathlib import Path
-from tempfile import TemporaryDirectory
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
-import sagemaker  # noqa: E402
 from sagemaker import image_uris  # noqa: E402
 from sagemaker.processing import FrameworkProcessor, ProcessingInput, ProcessingOutput  # noqa: E402
 from sagemaker.pytorch import PyTorch  # noqa: E402
@@ -49,8 +45,8 @@ from pipelines.pipeline import (  # noqa: E402
     PY_VERSION,
     SHARED_CODE,
     ImgpipePipeline,
-    _ignore_build_litter,
-    get_session,
+    session_and_role,
+    staged_code,
 )
 
 # What the two steps ship, relative to CODE_ROOT: the step scripts (source_dir) and their
@@ -71,49 +67,12 @@ PARAMETER_NAMES = (
 )
 
 
-@contextlib.contextmanager
-def staged_deploy_code(code_root: Path | str = CODE_ROOT) -> Iterator[Path]:
-    """A clean copy of ``steps/`` and the dependencies, made the working directory meanwhile."""
-    code_root = Path(code_root).resolve()
-    previous = os.getcwd()
-    with TemporaryDirectory(prefix="imgpipe-deploy-code-") as tmp:
-        for relative in (SOURCE_DIR, *DEPENDENCIES):
-            source, target = code_root / relative, Path(tmp) / relative
-            if source.is_dir():
-                shutil.copytree(source, target, ignore=_ignore_build_litter)
-            elif source.is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target)
-            else:
-                raise FileNotFoundError(f"deploy pipeline code missing: {source}")
-        os.chdir(tmp)
-        try:
-            yield Path(tmp)
-        finally:
-            os.chdir(previous)
-
-
 class DeployPipeline(ImgpipePipeline):
     """The build pipeline's class, compiled (code uploaded) from a staged copy of the deploy code."""
 
     def definition(self) -> str:
-        with staged_deploy_code(self.code_root):
+        with staged_code(self.code_root, (SOURCE_DIR, *DEPENDENCIES)):
             return Pipeline.definition(self)
-
-
-def session_and_role(region: Optional[str], role: Optional[str], default_bucket: Optional[str],
-                     session: Optional[PipelineSession]) -> tuple[PipelineSession, str]:
-    """The given session (else one for ``region``) and role (else the notebook's, if any)."""
-    if session is None and not region:
-        raise ValueError("get_pipeline needs a region (or a sagemaker_session)")
-    session = session or get_session(region, default_bucket)
-    if role:
-        return session, role
-    try:
-        return session, sagemaker.session.get_execution_role(session)
-    except Exception as exc:  # not in a SageMaker notebook: no role to discover
-        raise ValueError("no IAM role given: pass role='arn:aws:iam::<account>:role/<name>' "
-                         f"(could not use the notebook's execution role: {exc})") from exc
 
 
 def get_pipeline(

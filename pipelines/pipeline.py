@@ -147,8 +147,9 @@ def _ignore_build_litter(directory: str, names: list[str]) -> set[str]:
 
 
 @contextlib.contextmanager
-def staged_code(code_root: Path | str = CODE_ROOT) -> Iterator[Path]:
-    """A clean copy of the code directories, made the working directory for the duration.
+def staged_code(code_root: Path | str = CODE_ROOT, paths: Sequence[str] = CODE_DIRS) -> Iterator[Path]:
+    """A clean copy of the code ``paths`` (directories or files, relative to ``code_root``),
+    made the working directory for the duration.
 
     The SDK resolves ``source_dir``/``dependencies`` against the working directory, hashes the
     path strings and file contents into the code's S3 key, and (for the repack step) writes
@@ -156,13 +157,18 @@ def staged_code(code_root: Path | str = CODE_ROOT) -> Iterator[Path]:
     and independent of where it lies.
     """
     code_root = Path(code_root).resolve()
-    missing = [d for d in CODE_DIRS if not (code_root / d).is_dir()]
+    missing = [p for p in paths if not (code_root / p).exists()]
     if missing:
-        raise FileNotFoundError(f"code directories missing under {code_root}: {', '.join(missing)}")
+        raise FileNotFoundError(f"code missing under {code_root}: {', '.join(missing)}")
     previous = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="imgpipe-code-") as tmp:
-        for name in CODE_DIRS:
-            shutil.copytree(code_root / name, Path(tmp) / name, ignore=_ignore_build_litter)
+        for relative in paths:
+            source, target = code_root / relative, Path(tmp) / relative
+            if source.is_dir():
+                shutil.copytree(source, target, ignore=_ignore_build_litter)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
         os.chdir(tmp)
         try:
             yield Path(tmp)
@@ -217,6 +223,21 @@ class ImgpipePipeline(Pipeline):
     def definition(self) -> str:
         with staged_code(self.code_root):
             return super().definition()
+
+
+def session_and_role(region: Optional[str], role: Optional[str], default_bucket: Optional[str],
+                     session: Optional[PipelineSession]) -> tuple[PipelineSession, str]:
+    """The given session (else one for ``region``) and role (else the notebook's, if any)."""
+    if session is None and not region:
+        raise ValueError("get_pipeline needs a region (or a sagemaker_session)")
+    session = session or get_session(region, default_bucket)
+    if role:
+        return session, role
+    try:
+        return session, sagemaker.session.get_execution_role(session)
+    except Exception as exc:  # not in a SageMaker notebook: no role to discover
+        raise ValueError("no IAM role given: pass role='arn:aws:iam::<account>:role/<name>' "
+                         f"(could not use the notebook's execution role: {exc})") from exc
 
 
 def get_session(region: str, default_bucket: Optional[str]) -> PipelineSession:
@@ -281,19 +302,8 @@ def get_pipeline(
             buildspecs; recorded in the model package metadata.
         code_root: directory holding ``steps/``, ``training/`` and ``inference/``.
     """
-    if sagemaker_session is None:
-        if not region:
-            raise ValueError("get_pipeline needs a region (or a sagemaker_session)")
-        sagemaker_session = get_session(region, default_bucket)
+    sagemaker_session, role = session_and_role(region, role, default_bucket, sagemaker_session)
     region = sagemaker_session.boto_region_name
-    if role is None:
-        try:
-            role = sagemaker.session.get_execution_role(sagemaker_session)
-        except Exception as exc:  # not in a SageMaker notebook: no role to discover
-            raise ValueError(
-                "no IAM role given: pass role='arn:aws:iam::<account>:role/<name>' "
-                f"(could not use the notebook's execution role: {exc})"
-            ) from exc
     bucket = default_bucket or sagemaker_session.default_bucket()
     s3_prefix = f"s3://{bucket}/{base_job_prefix}"
 

@@ -215,6 +215,7 @@ def _pipeline_steps(sagemaker: Any, arn: str) -> list[dict]:
 
 def collect_aws(execution_arn: str, sagemaker: Any, s3: Any, workdir: Path) -> ReportData:
     """ReportData of a SageMaker pipeline execution; S3 output is downloaded into ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
     described = sagemaker.describe_pipeline_execution(PipelineExecutionArn=execution_arn)
     start, end = described.get("CreationTime"), described.get("LastModifiedTime")
     data = ReportData(execution={
