@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8,<4",
     "optuna>=4,<6",  # Bayesian (TPE) / random / grid search for local tuning
     "scikit-learn>=1.3,<2",  # only for the small 'digits' sample dataset
+    "waitress==3.0.2",  # the local endpoint's HTTP server (inference/serve.py)
     # moto's in-process AWS is how definitions are built offline (code uploads are
     # captured and copied into the local object store, never sent anywhere).
     "moto[s3]>=5,<6",

@@ -191,6 +191,9 @@ def test_full_pipeline_register_then_fail_step_from_cache(home, tmp_path):
     assert "trial 1/2" in ok.stdout and "epoch 1 valid_accuracy=" in ok.stdout
     assert "Best hyperparameters: " in ok.stdout and "Test accuracy: " in ok.stdout
     assert "Registered model: ImgpipeModels version 1" in ok.stdout
+    assert "imgpipe models approve 1 " in ok.stdout  # the next steps, with a real held-out image
+    predict_hint = next(line for line in ok.stdout.splitlines() if "imgpipe predict --endpoint imgpipe " in line)
+    assert Path(predict_hint.split()[-1]).is_file() and "/test/" in predict_hint
     [package] = LocalModelRegistry(settings).list_packages()
     first = Records(settings.db_path).list_executions()[0]
     evaluation = {s.name: s for s in Records(settings.db_path).steps(first.id)}["EvaluateModel"]

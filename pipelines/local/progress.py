@@ -10,12 +10,16 @@ import shutil
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, TextIO
 
 from pipelines.local.engine import ExecutionResult, read_result_property_file
 from pipelines.local.expressions import ExpressionError
+from pipelines.local.object_store import ObjectStore
 from pipelines.local.records import StepRecord
 from pipelines.settings import Settings
+
+DEFAULT_ENDPOINT = "imgpipe"  # the deploy pipeline's default EndpointName
 
 PROGRESS_METRICS = ("valid_accuracy", "valid_loss")
 
@@ -198,6 +202,30 @@ def registered_model(result: ExecutionResult) -> Optional[dict]:
     return None
 
 
+def sample_test_image(result: ExecutionResult, settings: Settings) -> Optional[Path]:
+    """One held-out image of this execution (the ``test`` output of a processing step), to try
+    the endpoint with."""
+    store = ObjectStore(settings.s3_root)
+    for step in result.steps:
+        for output in ((step.properties or {}).get("ProcessingOutputConfig") or {}).get("Outputs") or []:
+            if output.get("OutputName") == "test":
+                root = store.path(output["S3Output"]["S3Uri"])
+                return next((p for p in sorted(root.rglob("*")) if p.is_file()), None) if root.is_dir() else None
+    return None
+
+
+def next_steps(result: ExecutionResult, settings: Settings, package: dict) -> list[str]:
+    """What to do with the registered model: approve (deploys it), predict, report."""
+    lines = ["", "Next:"]
+    if package.get("ModelApprovalStatus") != "Approved":
+        lines.append(f"  imgpipe models approve {package.get('ModelPackageVersion', '?')}"
+                     f"      # deploy pipeline -> local endpoint '{DEFAULT_ENDPOINT}'")
+    image = sample_test_image(result, settings)
+    lines.append(f"  imgpipe predict --endpoint {DEFAULT_ENDPOINT} {image or 'IMAGE...'}")
+    lines.append(f"  imgpipe report {result.execution_id} --open   # tuning, Debugger rules, profiler, evaluation")
+    return lines
+
+
 def rule_rows(steps: Sequence[StepRecord]) -> list[list[Any]]:
     """``[step, rule, status, details]`` of every Debugger and Profiler rule verdict the
     steps' training jobs report (DebugRuleEvaluationStatuses / ProfilerRuleEvaluationStatuses)."""
@@ -230,6 +258,7 @@ def summary(result: ExecutionResult, settings: Settings) -> str:
         version = package.get("ModelPackageVersion", "?")
         status = package.get("ModelApprovalStatus", "")
         lines.append(f"Registered model: {group} version {version} {status} ({package['ModelPackageArn']})".replace("  ", " "))
+        lines.extend(next_steps(result, settings, package))
     if result.failure_reason:
         lines.append(f"Failure: {result.failure_reason}")
     return "\n".join(lines).rstrip() + "\n"
