@@ -124,6 +124,16 @@ ACCURACY_JSON_PATH = "multiclass_classification_metrics.accuracy.value"
 CONTENT_TYPES = ["application/x-image", "image/jpeg", "image/png", "application/json"]
 RESPONSE_TYPES = ["application/json"]
 
+# Inputs of the activation modules, as smdebug's PyTorch hook names them ("<module>_input_<n>",
+# n counting the calls of a module reused in a block; matched with re.search, hence the anchors):
+# PoorWeightInitialization's collection and its activation_inputs_regex. ResNets: "relu".
+# MobileNetV2/V3, EfficientNet: each Conv2dNormActivation's activation (child 2: "features.0.2",
+# the last "features.N.2", "...conv.K.2", "...block.K.2") and the squeeze-excitation "activation"
+# and "scale_activation". No block inputs (EfficientNet's "features.4.2" is a block: no 4 below).
+ACTIVATION_INPUTS_REGEX = (
+    r"^(.*\.)?(relu|activation|scale_activation|features\.(0|8|12|16|18)\.2|(conv|block)\.\d+\.2)_input_\d+$"
+)
+
 # Step names in the definition (the RegisterModel ModelStep compiles to two steps).
 STEP_NAMES = (
     "PrepareData",
@@ -497,13 +507,15 @@ def get_pipeline(
         "losses": CollectionConfig(name="losses", parameters={"save_interval": "10"}),
         "weights": CollectionConfig(name="weights", parameters={"save_interval": "50"}),
         "gradients": CollectionConfig(name="gradients", parameters={"save_interval": "50"}),
-        "relu_input": CollectionConfig(
-            name="relu_input", parameters={"include_regex": ".*relu_input", "save_interval": "50"}
+        "activation_inputs": CollectionConfig(
+            name="activation_inputs",
+            parameters={"include_regex": ACTIVATION_INPUTS_REGEX, "save_interval": "50"},
         ),
     }
 
-    def rule(config, *names):
-        return Rule.sagemaker(config, collections_to_save=[collections[n] for n in names])
+    def rule(config, *names, **parameters):
+        return Rule.sagemaker(config, rule_parameters=parameters or None,
+                              collections_to_save=[collections[n] for n in names])
 
     train_estimator = estimator(
         "training",
@@ -527,7 +539,10 @@ def get_pipeline(
             rule(rule_configs.vanishing_gradient(), "gradients"),
             rule(rule_configs.overfit(), "losses"),
             rule(rule_configs.overtraining(), "losses"),
-            rule(rule_configs.poor_weight_initialization(), "relu_input"),
+            # Its default activation_inputs_regex (".*relu_input") matches no tensor of MobileNet
+            # or EfficientNet (ReLU6/SiLU modules named by position): the collection's regex.
+            rule(rule_configs.poor_weight_initialization(), "activation_inputs",
+                 activation_inputs_regex=ACTIVATION_INPUTS_REGEX),
             ProfilerRule.sagemaker(rule_configs.ProfilerReport()),
         ],
     )
