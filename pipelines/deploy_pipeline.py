@@ -5,8 +5,9 @@
     Deploy --deployment.json (DeploymentReport: SmokeTestDataUrl)--> SmokeTest
     (steps/deploy.py: newest Approved package       (steps/smoke_test.py: held-out images
      of ModelPackageGroupName -> model, endpoint     -> EndpointName; fails on any error or
-     config with data capture, create/update         accuracy < SmokeTestMinAccuracy)
-     EndpointName blue/green, wait InService)
+     config with data capture, create/update         accuracy < SmokeTestMinAccuracy, after
+     EndpointName blue/green, wait InService)        rolling the endpoint back to the
+                                                     PreviousModelPackageArn of the report)
 
 Started by the EventBridge rule of :mod:`pipelines.triggers` when a package of the group is
 approved (deploy it) or rejected (roll back to the newest package still approved), or by hand.
@@ -192,6 +193,16 @@ def get_pipeline(
                 "--max-images", max_images.to_string(),
                 "--region", region,
                 "--output-dir", "/opt/ml/processing/output/smoke-test",
+                # a failed smoke test rolls the endpoint back to what it served before Deploy
+                "--deploy-action", JsonGet(step_name=step_deploy.name, property_file=report, json_path="Action"),
+                "--previous-package-arn", JsonGet(step_name=step_deploy.name, property_file=report,
+                                                  json_path="PreviousModelPackageArn"),
+                "--instance-type", instance_type,
+                "--instance-count", instance_count.to_string(),
+                "--data-capture-percent", capture.to_string(),
+                "--data-capture-url", data_capture_url or f"s3://{bucket}/{base_job_prefix}/data-capture",
+                "--model-role-arn", model_execution_role or role,
+                "--bake-seconds", str(bake_seconds),
             ],
         ),
         depends_on=[step_deploy],

@@ -6,8 +6,9 @@ interface (``pipelines.local.registry.ModelRegistry``): :class:`LocalModelRegist
 what starts the deploy pipeline: on AWS through the EventBridge rule of ``imgpipe triggers
 apply``; locally through the local registry's approval event.
 
-Exit codes: 0 done, 1 AWS refused (credentials, permissions), 2 bad input (unknown package,
-bad status).
+Exit codes: 0 done, 1 AWS refused (credentials, permissions) or, locally, the deploy pipeline
+run that an approve/reject started failed (the approval change itself is recorded), 2 bad
+input (unknown package, bad status).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pipelines.local.progress import format_table
 from pipelines.settings import Settings
 
 EXIT_OK, EXIT_AWS, EXIT_USAGE = 0, 1, 2
+EXIT_DEPLOY_FAILED = 1
 ACCURACY_PATH = ("multiclass_classification_metrics", "accuracy", "value")
 
 
@@ -164,9 +166,19 @@ def _set_status(args: argparse.Namespace, status: str) -> int:
         after = registry.update_approval(before["ModelPackageArn"], status, reason=args.reason or "")
         print(f"{after['ModelPackageArn']}: {before.get('ModelApprovalStatus')} -> {after.get('ModelApprovalStatus')}"
               + (f" ({args.reason})" if args.reason else ""))
-        return EXIT_OK
+        return _deploy_outcome(registry)
 
     return _run(args, action)
+
+
+def _deploy_outcome(registry: Any) -> int:
+    """Exit 1, with one line per failure, when the local deploy run the change started failed."""
+    from pipelines.local.events import failed_deploys
+
+    failures = failed_deploys(getattr(registry, "event_outcomes", None) or [])
+    for line in failures:
+        print(f"error: {line} (the approval change is recorded)", file=sys.stderr)
+    return EXIT_DEPLOY_FAILED if failures else EXIT_OK
 
 
 def cmd_approve(args: argparse.Namespace) -> int:

@@ -15,7 +15,9 @@ endpoint back to the newest package that is still approved.
 
 Writes ``deployment.json`` (property file ``DeploymentReport``): ``EndpointName``,
 ``ModelPackageArn``, ``ModelPackageVersion``, ``ModelPackageGroupName``, ``Action``
-(Created/Updated/Unchanged) and ``SmokeTestDataUrl``: the held-out images the smoke test sends,
+(Created/Updated/Unchanged), ``PreviousModelPackageArn`` (what the endpoint served before this
+step, ``""`` if nothing: the smoke test rolls back to it when the new model fails) and
+``SmokeTestDataUrl``: the held-out images the smoke test sends,
 ``--smoke-test-data-url`` if given, else the test split the package's build recorded
 (metadata ``test_data_url``, else the build pipeline's ``PrepareData`` ``test`` output next to
 the package's evaluation report). Checked before anything is deployed.
@@ -77,6 +79,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise DeployError(f"DataCaptureSamplingPercentage must be 0-100, not {args.data_capture_percent}")
 
 
+def served_package(hosting: Any, endpoint_name: str) -> str:
+    """The package ARN ``endpoint_name`` serves now; ``""`` if there is no (healthy) endpoint."""
+    described = hosting.describe_endpoint(endpoint_name)
+    if not described or described.get("EndpointStatus") == "Failed":
+        return ""
+    return described.get("ModelPackageArn") or ""
+
+
 def deploy(args: argparse.Namespace, registry: Any, hosting: Any) -> dict:
     """Deploy the group's newest approved package; the deployment report."""
     check_args(args)
@@ -92,6 +102,7 @@ def deploy(args: argparse.Namespace, registry: Any, hosting: Any) -> dict:
             "set the SmokeTestDataUrl parameter to an S3 prefix of <class>/<image> folders")
     print(f"deploying {package['ModelPackageArn']} (version {package.get('ModelPackageVersion')}) "
           f"to {args.endpoint_name} ...", flush=True)
+    previous = served_package(hosting, args.endpoint_name)
     result = hosting.deploy(
         args.endpoint_name, package, instance_type=args.instance_type,
         instance_count=args.instance_count, data_capture_percent=args.data_capture_percent)
@@ -101,6 +112,7 @@ def deploy(args: argparse.Namespace, registry: Any, hosting: Any) -> dict:
         "ModelPackageVersion": package.get("ModelPackageVersion"),
         "ModelPackageGroupName": args.model_package_group,
         "Action": result["Action"],
+        "PreviousModelPackageArn": previous,
         "SmokeTestDataUrl": data_url,
     }
 

@@ -4,13 +4,23 @@
 
     python smoke_test.py --endpoint-name E --test-dir /opt/ml/processing/test \
         --min-accuracy 0.8 [--max-images 200] [--region R] \
+        [--deploy-action Updated --previous-package-arn ARN --instance-type ml.m5.large \
+         --instance-count 1 --data-capture-percent 20 --data-capture-url s3://b/p/data-capture \
+         --model-role-arn arn:aws:iam::...:role/R --bake-seconds 300] \
         --output-dir /opt/ml/processing/output/smoke-test
 
 ``--test-dir`` holds ``<class>/<image>`` folders (the build's test split). Up to
 ``--max-images`` images are sent, spread over the classes (the same ones every run), each as
 its own request with the content type of its file. The step fails on any error (HTTP error,
 an answer that is not a top-k list of labels) and when the top-1 accuracy is below
-``--min-accuracy``. Writes ``smoke-test.json`` (accuracy, counts, errors).
+``--min-accuracy``. Writes ``smoke-test.json`` (accuracy, counts, errors, rollback).
+
+A failed smoke test rolls the endpoint back (``--deploy-action`` given: the deploy pipeline)
+to what it served before the Deploy step (its report's ``PreviousModelPackageArn``), through
+the same ``Hosting.deploy`` with that package as the registry describes it, without rollback
+alarms (an alarm the failed model set off must not undo the rollback). Nothing to roll back when
+Deploy changed nothing (``Unchanged``), on a first deployment (the endpoint keeps the failed
+model; the failure says how to delete it) or when the previous package is no longer Approved.
 """
 from __future__ import annotations
 
@@ -20,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from deploy_backends import HostingError, fail, get_hosting
+from deploy_backends import HostingError, fail, get_hosting, get_registry
 
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 REPORT_NAME = "smoke-test.json"
@@ -38,6 +48,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-images", type=int, default=200)
     parser.add_argument("--region", default=None)
     parser.add_argument("--output-dir", default="/opt/ml/processing/output/smoke-test")
+    rollback = parser.add_argument_group("rollback on failure (the Deploy step's report and settings)")
+    rollback.add_argument("--deploy-action", default="", help="Created/Updated/Unchanged; empty: no rollback")
+    rollback.add_argument("--previous-package-arn", default="", help="what the endpoint served before Deploy")
+    rollback.add_argument("--instance-type", default="ml.m5.large")
+    rollback.add_argument("--instance-count", type=int, default=1)
+    rollback.add_argument("--data-capture-percent", type=int, default=20)
+    rollback.add_argument("--data-capture-url", default=None, help="S3 prefix of captured data (SageMaker)")
+    rollback.add_argument("--model-role-arn", default=None, help="execution role of the model (SageMaker)")
+    rollback.add_argument("--bake-seconds", type=int, default=300)
     return parser
 
 
@@ -88,6 +107,34 @@ def smoke_test(hosting: Any, endpoint_name: str, images: list[tuple[str, str]], 
     return report
 
 
+def roll_back(args: argparse.Namespace, hosting: Any) -> str:
+    """Put back what the endpoint served before the Deploy step; what was done, as a sentence."""
+    endpoint = args.endpoint_name
+    if args.deploy_action == "Unchanged":
+        return f"{endpoint} already served this model before the Deploy step (Unchanged): nothing to roll back"
+    if not args.previous_package_arn:
+        return (f"nothing to roll back to (first deployment of {endpoint}): it still serves the failed model; "
+                f"remove it with `imgpipe endpoints delete {endpoint}` (local) or "
+                f"`aws sagemaker delete-endpoint --endpoint-name {endpoint}`")
+    arn = args.previous_package_arn
+    try:
+        previous = get_registry(args.region).describe(arn)
+        if previous.get("ModelApprovalStatus") != "Approved":
+            return (f"not rolled back: {arn}, which {endpoint} served before, is "
+                    f"{previous.get('ModelApprovalStatus')} now; {endpoint} still serves the failed model")
+        result = hosting.deploy(endpoint, previous, instance_type=args.instance_type,
+                                instance_count=args.instance_count, data_capture_percent=args.data_capture_percent)
+    except Exception as exc:  # noqa: BLE001 - reported with the smoke test's failure
+        return f"rolling {endpoint} back to {arn} FAILED ({type(exc).__name__}: {exc}): it may serve the failed model"
+    return f"rolled {endpoint} back to {arn} (version {previous.get('ModelPackageVersion')}, {result['Action']})"
+
+
+def _hosting_options(args: argparse.Namespace) -> dict:
+    """SageMakerHosting's settings for a rollback: the Deploy step's, without rollback alarms."""
+    return {"model_role_arn": args.model_role_arn, "data_capture_url": args.data_capture_url,
+            "rollback_alarms": (), "bake_seconds": args.bake_seconds}
+
+
 def _write(output_dir: str, report: dict) -> None:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,11 +145,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         images = pick_images(Path(args.test_dir), args.max_images)
-        report = smoke_test(get_hosting(args.region), args.endpoint_name, images, args.min_accuracy)
+        hosting = get_hosting(args.region, **_hosting_options(args))
+        report = smoke_test(hosting, args.endpoint_name, images, args.min_accuracy)
     except SmokeTestFailed as exc:
-        if len(exc.args) > 1:
-            _write(args.output_dir, exc.args[1])
-        return fail(f"SmokeTest failed: {exc.args[0]}")
+        rollback = roll_back(args, hosting) if args.deploy_action else ""
+        failed = {**(exc.args[1] if len(exc.args) > 1 else {}), "rollback": rollback}
+        _write(args.output_dir, failed)
+        return fail(f"SmokeTest failed: {exc.args[0]}" + (f"; {rollback}" if rollback else ""))
     except Exception as exc:  # noqa: BLE001 - the job's failure reason, then a non-zero exit
         return fail(f"SmokeTest failed: {type(exc).__name__}: {exc}")
     _write(args.output_dir, report)

@@ -1,6 +1,7 @@
 """steps/smoke_test.py: real image files sent through SageMakerHosting.invoke, with
 sagemaker-runtime's InvokeEndpoint scripted by botocore's Stubber (moto runs no model): the
-exact requests, and how answers, wrong labels and HTTP errors decide the step's outcome."""
+exact requests, and how answers, wrong labels and HTTP errors decide the step's outcome; a
+failed smoke test rolls the endpoint back (the registry in moto, UpdateEndpoint scripted)."""
 from __future__ import annotations
 
 import io
@@ -8,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from awsfakes import load_step
+from awsfakes import fake_aws, load_step
 from imagefactory import write_image
 
 ENDPOINT = "imgpipe-endpoint"
@@ -37,11 +38,17 @@ def answer(label: str) -> list:
 
 def stubbed_hosting(images, labels, error_at=None):
     """SageMakerHosting whose runtime client expects exactly these requests, in order."""
+    from pipelines.hosting import SageMakerHosting
+
+    runtime, stub = stubbed_runtime(images, labels, error_at)
+    return SageMakerHosting(sagemaker_client=object(), runtime_client=runtime), stub
+
+
+def stubbed_runtime(images, labels, error_at=None):
+    """A sagemaker-runtime client that expects exactly these requests, in order (stub active)."""
     import boto3
     from botocore.response import StreamingBody
     from botocore.stub import Stubber
-
-    from pipelines.hosting import SageMakerHosting
 
     runtime = boto3.client("sagemaker-runtime", region_name="us-east-1", aws_access_key_id="x",
                            aws_secret_access_key="x")
@@ -61,7 +68,7 @@ def stubbed_hosting(images, labels, error_at=None):
         stub.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(payload), len(payload)),
                                               "ContentType": "application/json"}, expected)
     stub.activate()
-    return SageMakerHosting(sagemaker_client=object(), runtime_client=runtime), stub
+    return runtime, stub
 
 
 def test_pick_images_round_robin_over_classes(smoke, test_dir):
@@ -91,7 +98,7 @@ def test_any_error_fails_with_the_status_and_message(smoke, test_dir, tmp_path, 
     images = smoke.pick_images(test_dir, 7)
     labels = [c for _, c in images]
     hosting, stub = stubbed_hosting(images, labels, error_at=6)  # the JPEG; all others right
-    monkeypatch.setattr(smoke, "get_hosting", lambda region: hosting)
+    monkeypatch.setattr(smoke, "get_hosting", lambda region, **options: hosting)
     failure = tmp_path / "failure"
     monkeypatch.setenv("SM_OUTPUT_FAILURE", str(failure))
     rc = smoke.main(["--endpoint-name", ENDPOINT, "--test-dir", str(test_dir), "--min-accuracy", "0.5",
@@ -117,8 +124,123 @@ def test_an_answer_that_is_not_a_top_k_list_is_an_error(smoke):
 def test_passing_run_writes_its_report(smoke, test_dir, tmp_path, monkeypatch, capsys):
     images = smoke.pick_images(test_dir, 2)
     hosting, _ = stubbed_hosting(images, [c for _, c in images])
-    monkeypatch.setattr(smoke, "get_hosting", lambda region: hosting)
+    monkeypatch.setattr(smoke, "get_hosting", lambda region, **options: hosting)
     rc = smoke.main(["--endpoint-name", ENDPOINT, "--test-dir", str(test_dir), "--min-accuracy", "1.0",
                      "--max-images", "2", "--output-dir", str(tmp_path / "out")])
     assert rc == 0 and "smoke test passed: accuracy 1.0000 on 2 images" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "smoke-test.json").read_text())["accuracy"] == 1.0
+
+
+# -- rollback: a failed smoke test puts back the package the endpoint served before Deploy -------------
+GROUP = "imgpipe-p-1"
+ROLE = "arn:aws:iam::123456789012:role/imgpipe-model"
+CAPTURE = "s3://imgpipe-bucket/imgpipe/data-capture"
+BAD_CONFIG, ROLLBACK_CONFIG = "imgpipe-endpoint-v2-20260502-000000", "imgpipe-endpoint-v1-20260503-000000"
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """moto's registry with v1 (what the endpoint served) and v2 (just deployed), both Approved."""
+    with fake_aws(monkeypatch) as session:
+        sm = session.client("sagemaker")
+        sm.create_model_package_group(ModelPackageGroupName=GROUP)
+        arns = [sm.create_model_package(
+            ModelPackageGroupName=GROUP, ModelApprovalStatus="Approved",
+            InferenceSpecification={"Containers": [{"Image": "img:1", "ModelDataUrl": f"s3://b/{v}/model.tar.gz"}],
+                                    "SupportedContentTypes": ["image/png"],
+                                    "SupportedResponseMIMETypes": ["application/json"]})["ModelPackageArn"]
+            for v in (1, 2)]
+        yield sm, arns
+
+
+def _describe(stub, config: str, package: str) -> None:
+    """describe_endpoint -> describe_endpoint_config -> describe_model: InService with ``package``."""
+    from datetime import datetime, timezone
+
+    when = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    stub.add_response("describe_endpoint", {
+        "EndpointName": ENDPOINT, "EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{ENDPOINT}",
+        "EndpointConfigName": config, "EndpointStatus": "InService", "CreationTime": when,
+        "LastModifiedTime": when}, {"EndpointName": ENDPOINT})
+    stub.add_response("describe_endpoint_config", {
+        "EndpointConfigName": config, "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/{config}",
+        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": config, "InstanceType": "ml.m5.large",
+                                "InitialInstanceCount": 1}],
+        "DataCaptureConfig": {"EnableCapture": True, "InitialSamplingPercentage": 20, "DestinationS3Uri": CAPTURE,
+                              "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]},
+        "CreationTime": when}, {"EndpointConfigName": config})
+    stub.add_response("describe_model", {
+        "ModelName": config, "Containers": [{"ModelPackageName": package}], "ExecutionRoleArn": ROLE,
+        "CreationTime": when, "ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{config}"},
+        {"ModelName": config})
+
+
+def _rollback_conversation(stub, previous: str, bad: str) -> None:
+    """What SageMakerHosting.deploy(previous) asks: a model + config for v1, UpdateEndpoint without alarms."""
+    _describe(stub, BAD_CONFIG, bad)
+    stub.add_response("create_model", {"ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{ROLLBACK_CONFIG}"}, {
+        "ModelName": ROLLBACK_CONFIG, "ExecutionRoleArn": ROLE, "Containers": [{"ModelPackageName": previous}]})
+    stub.add_response("create_endpoint_config", {
+        "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/{ROLLBACK_CONFIG}"}, {
+        "EndpointConfigName": ROLLBACK_CONFIG,
+        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": ROLLBACK_CONFIG,
+                                "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}],
+        "DataCaptureConfig": {"EnableCapture": True, "InitialSamplingPercentage": 20, "DestinationS3Uri": CAPTURE,
+                              "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+                              "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]}}})
+    stub.add_response("update_endpoint", {"EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{ENDPOINT}"}, {
+        "EndpointName": ENDPOINT, "EndpointConfigName": ROLLBACK_CONFIG,
+        "DeploymentConfig": {"BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 60},
+            "TerminationWaitInSeconds": 60}}})  # no AutoRollbackConfiguration: no alarm undoes it
+    _describe(stub, ROLLBACK_CONFIG, previous)
+
+
+def run_failing(smoke, test_dir, tmp_path, monkeypatch, sagemaker_client, *extra: str) -> tuple[int, str, dict]:
+    """smoke_test.main on an endpoint that answers every image wrongly; (rc, failure, report)."""
+    from pipelines import hosting
+
+    images = smoke.pick_images(test_dir, 4)
+    runtime, _ = stubbed_runtime(images, ["shirt" if c == "boot" else "boot" for _, c in images])
+    monkeypatch.setattr(hosting, "resource_name", lambda endpoint, version, now=None: ROLLBACK_CONFIG)
+    monkeypatch.setattr(smoke, "get_hosting", lambda region, **options: hosting.SageMakerHosting(
+        region, **options, sagemaker_client=sagemaker_client, runtime_client=runtime, sleep=lambda s: None))
+    monkeypatch.setenv("SM_OUTPUT_FAILURE", str(tmp_path / "failure"))
+    rc = smoke.main(["--endpoint-name", ENDPOINT, "--test-dir", str(test_dir), "--min-accuracy", "0.5",
+                     "--max-images", "4", "--region", "us-east-1", "--output-dir", str(tmp_path / "out"),
+                     "--instance-type", "ml.m5.large", "--instance-count", "1", "--data-capture-percent", "20",
+                     "--data-capture-url", CAPTURE, "--model-role-arn", ROLE, "--bake-seconds", "60", *extra])
+    return rc, (tmp_path / "failure").read_text(), json.loads((tmp_path / "out" / "smoke-test.json").read_text())
+
+
+def test_failure_rolls_back_to_the_package_served_before(smoke, test_dir, tmp_path, monkeypatch, registry):
+    import boto3
+    from botocore.stub import Stubber
+
+    _, (previous, bad) = registry
+    client = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    with Stubber(client) as stub:
+        _rollback_conversation(stub, previous, bad)
+        rc, failure, report = run_failing(smoke, test_dir, tmp_path, monkeypatch, client,
+                                          "--deploy-action", "Updated", "--previous-package-arn", previous)
+        stub.assert_no_pending_responses()
+    assert rc == 1
+    assert failure == (f"SmokeTest failed: accuracy 0.0000 on 4 held-out images is below SmokeTestMinAccuracy 0.5; "
+                       f"rolled {ENDPOINT} back to {previous} (version 1, Updated)")
+    assert report["accuracy"] == 0.0 and report["rollback"] == failure.split("; ", 1)[1]
+
+
+@pytest.mark.parametrize("action, previous, status, expected", [
+    ("Unchanged", "v1", "Approved", "already served this model before the Deploy step (Unchanged): nothing to roll back"),
+    ("Created", "", "Approved", f"nothing to roll back to (first deployment of {ENDPOINT}): it still serves the failed "
+                                f"model; remove it with `imgpipe endpoints delete {ENDPOINT}`"),
+    ("Updated", "v1", "Rejected", "is Rejected now; imgpipe-endpoint still serves the failed model"),
+])
+def test_nothing_to_roll_back(smoke, test_dir, tmp_path, monkeypatch, registry, action, previous, status, expected):
+    """Unchanged, first deployment, previous package rejected since: no SageMaker write (no client calls)."""
+    sm, (v1, _) = registry
+    sm.update_model_package(ModelPackageArn=v1, ModelApprovalStatus=status)
+    rc, failure, _ = run_failing(smoke, test_dir, tmp_path, monkeypatch, object(), "--deploy-action", action,
+                                 "--previous-package-arn", v1 if previous else "")
+    assert rc == 1 and "below SmokeTestMinAccuracy 0.5; " in failure and expected in failure, failure
+    assert "FAILED" not in failure

@@ -72,7 +72,7 @@ def test_deploys_the_newest_approved_package_then_nothing_to_do(sm, deploy_modul
     report = json.loads((tmp_path / "out" / "deployment.json").read_text())
     assert report == {
         "EndpointName": "imgpipe-endpoint", "ModelPackageArn": newest_approved, "ModelPackageVersion": 2,
-        "ModelPackageGroupName": GROUP, "Action": "Created",
+        "ModelPackageGroupName": GROUP, "Action": "Created", "PreviousModelPackageArn": "",
         "SmokeTestDataUrl": BUILD.format("b") + "/PrepareData/output/test"}
     assert served_package(sm, "imgpipe-endpoint") == newest_approved != oldest
 
@@ -91,7 +91,8 @@ def test_deploys_the_newest_approved_package_then_nothing_to_do(sm, deploy_modul
 
     # The same package with the same settings: nothing created, nothing updated.
     assert deploy_module.main(argv(tmp_path)) == 0
-    assert json.loads((tmp_path / "out" / "deployment.json").read_text())["Action"] == "Unchanged"
+    report = json.loads((tmp_path / "out" / "deployment.json").read_text())
+    assert report["Action"] == "Unchanged" and report["PreviousModelPackageArn"] == newest_approved
     assert len(sm.list_models()["Models"]) == 1 and len(sm.list_endpoint_configs()["EndpointConfigs"]) == 1
     assert "Unchanged: imgpipe-endpoint serves" in capsys.readouterr().out
 

@@ -5,7 +5,9 @@ approving it through the registry wired to the local event bus emits the SageMak
 which runs ``pipelines.deploy_pipeline``'s definition (built offline) on the local engine:
 the Deploy job starts a real server process, the SmokeTest job sends it held-out images.
 Then ``imgpipe predict`` (a real CLI process) classifies a test image correctly; a bad model
-fails the smoke test; rejecting a package rolls the endpoint back to the previous approved one.
+approved with ``imgpipe models approve`` (a real CLI process) fails the smoke test, which rolls
+the endpoint back to the previous approved package, and the command exits 1 naming the failed
+deploy execution; rejecting the bad package then leaves the good one serving.
 """
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ ENDPOINT = "digits-e2e"
 TEST_DATA = "s3://imgpipe-local/test-data/digits3"
 
 
-def imgpipe(*args, home, timeout=120):
-    env = {**os.environ, "IMGPIPE_HOME": str(home), "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
+def imgpipe(*args, home, timeout=120, **env_vars):
+    env = {**os.environ, "IMGPIPE_HOME": str(home), "SAGEMAKER_SUPPRESS_V2_WARNING": "1", **env_vars}
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -109,25 +111,35 @@ def test_approve_deploys_smoke_tests_and_predicts(world):
         assert label == cls and index == cls and float(probability) > 1 / 3
 
 
-def test_bad_model_fails_smoke_test_then_reject_rolls_back(world):
+def test_bad_model_fails_smoke_test_rolls_back_and_the_cli_exits_1(world):
     settings, (good, bad), data = world
     before = LocalHosting(settings).describe_endpoint(ENDPOINT)
     assert before["ModelPackageArn"] == good["ModelPackageArn"]
 
-    registry, out = approvals(settings, 0.7)
-    registry.update_approval(bad["ModelPackageArn"], "Approved")
-    text = out.getvalue()
-    assert "Deploy Succeeded" in text and "SmokeTest Failed" in text, text
-    assert "below SmokeTestMinAccuracy 0.7" in text
-    assert LocalHosting(settings).describe_endpoint(ENDPOINT)["ModelPackageArn"] == bad["ModelPackageArn"]
+    parameters = json.dumps({"EndpointName": ENDPOINT, "SmokeTestMinAccuracy": 0.7, "SmokeTestMaxImages": 15})
+    result = imgpipe("models", "approve", bad["ModelPackageArn"], home=settings.home, timeout=400,
+                     IMGPIPE_DEPLOY_PARAMETERS=parameters)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Deploy Succeeded" in result.stdout and "SmokeTest Failed" in result.stdout, result.stdout
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    record = json.loads((settings.home / "events" / "events.jsonl").read_text().splitlines()[-1])
+    execution = record["outcomes"][0]["result"]["execution_id"]
+    assert error.startswith(f"error: deploy pipeline execution {execution} Failed: "), error
+    assert "below SmokeTestMinAccuracy 0.7" in error and error.endswith("(the approval change is recorded)")
+    assert f"rolled {ENDPOINT} back to {good['ModelPackageArn']} (version 1, Updated)" in error
+    assert LocalModelRegistry(settings).describe(bad["ModelPackageArn"])["ModelApprovalStatus"] == "Approved"
 
+    # the good model serves again, on the same URL
+    after = LocalHosting(settings).describe_endpoint(ENDPOINT)
+    assert after["EndpointStatus"] == "InService" and after["ModelPackageArn"] == good["ModelPackageArn"]
+    assert after["Port"] == before["Port"]
+    status, ping = http_get("127.0.0.1", after["Port"], "/ping")
+    assert status == 200 and ping["model_package_arn"] == good["ModelPackageArn"]
+
+    # rejecting it redeploys the newest package still approved: the good one, already serving
     registry, out = approvals(settings, 0.7)
     registry.update_approval(bad["ModelPackageArn"], "Rejected", reason="failed its smoke test")
     text = out.getvalue()
     assert "rejected: rolling back" in text and "SmokeTest Succeeded" in text, text
-    after = LocalHosting(settings).describe_endpoint(ENDPOINT)
-    assert after["EndpointStatus"] == "InService"
-    assert after["ModelPackageArn"] == good["ModelPackageArn"]
-    assert after["Port"] == before["Port"]  # same URL throughout
-    status, ping = http_get("127.0.0.1", after["Port"], "/ping")
-    assert status == 200 and ping["model_package_arn"] == good["ModelPackageArn"]
+    assert events.failed_deploys(registry.event_outcomes) == []
+    assert LocalHosting(settings).describe_endpoint(ENDPOINT)["ModelPackageArn"] == good["ModelPackageArn"]

@@ -116,3 +116,41 @@ def test_approve_and_reject_on_the_local_registry(tmp_path, capsys, monkeypatch)
     assert "no model packages" in capsys.readouterr().out
     assert [(e["detail"]["ModelPackageArn"], e["detail"]["ModelApprovalStatus"]) for e in received] == [
         (arn, "Approved"), (arn, "Rejected")]
+
+
+def test_a_failed_local_deploy_makes_approve_exit_1(tmp_path, capsys, monkeypatch):
+    """The real approval rule, its deploy pipeline run replaced by one that failed: exit 1 with the
+    execution and its reason on one line; the approval stands. A rule that raised: exit 1 too."""
+    from types import SimpleNamespace
+
+    from pipelines.local import events
+    from pipelines.local.registry import LocalModelRegistry
+    from pipelines.settings import Settings
+
+    real_rule = events.deploy_rule
+    failed = SimpleNamespace(execution_id="exec-42", status="Failed",
+                             failure_reason="step SmokeTest failed: accuracy 0.2 is below\nSmokeTestMinAccuracy 0.8")
+    monkeypatch.setattr(events, "deploy_rule", lambda settings, params=None, stream=None: real_rule(
+        settings, params, runner=lambda *args, **kwargs: failed, stream=stream))
+
+    registry = LocalModelRegistry(Settings(home=tmp_path))
+    request = {"ModelPackageGroupName": GROUP, "InferenceSpecification": {"Containers": [
+        {"Image": "img:1", "ModelDataUrl": "s3://imgpipe-local/model.tar.gz"}]}}
+    arn = registry.register(request)["ModelPackageArn"]
+    assert main(["models", "approve", "1", "--home", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert f"{arn}: PendingManualApproval -> Approved" in captured.out
+    assert captured.err == ("error: deploy pipeline execution exec-42 Failed: step SmokeTest failed: accuracy 0.2 "
+                            "is below SmokeTestMinAccuracy 0.8 (the approval change is recorded)\n")
+    assert registry.describe(arn)["ModelApprovalStatus"] == "Approved"
+
+    def broken(settings, params=None, stream=None):
+        def target(event):
+            raise RuntimeError("cannot build the deploy pipeline")
+        return target
+
+    monkeypatch.setattr(events, "deploy_rule", broken)
+    assert main(["models", "reject", arn, "--home", str(tmp_path)]) == 1
+    assert ("error: event rule imgpipe-approval-deploy failed: RuntimeError: cannot build the deploy pipeline"
+            in capsys.readouterr().err)
+    assert registry.describe(arn)["ModelApprovalStatus"] == "Rejected"

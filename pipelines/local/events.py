@@ -197,9 +197,24 @@ def deploy_rule(settings: Settings, deploy_parameters: Optional[Mapping[str, Any
                   "ModelPackageGroupName": group}
         result = runner(settings, values, stream=stream)
         return {"action": "deploy", "execution_id": getattr(result, "execution_id", None),
-                "status": getattr(result, "status", None)}
+                "status": getattr(result, "status", None),
+                "failure_reason": getattr(result, "failure_reason", None)}
 
     return target
+
+
+def failed_deploys(outcomes: list[dict]) -> list[str]:
+    """One line per rule outcome that is a failure: a deploy run that did not succeed, or a rule
+    whose target raised (the deploy pipeline never ran)."""
+    lines = []
+    for outcome in outcomes:
+        result = outcome.get("result") or {}
+        if "error" in outcome:
+            lines.append(f"event rule {outcome.get('rule')} failed: {outcome['error']}")
+        elif result.get("action") == "deploy" and result.get("status") != "Succeeded":
+            reason = " ".join(str(result.get("failure_reason") or "no reason recorded").split())
+            lines.append(f"deploy pipeline execution {result.get('execution_id')} {result.get('status')}: {reason}")
+    return lines
 
 
 def default_bus(settings: Settings, deploy_parameters: Optional[Mapping[str, Any]] = None,
@@ -212,9 +227,18 @@ def default_bus(settings: Settings, deploy_parameters: Optional[Mapping[str, Any
 
 def local_registry(settings: Settings, deploy_parameters: Optional[Mapping[str, Any]] = None,
                    stream: Optional[TextIO] = None) -> Any:
-    """A :class:`LocalModelRegistry` whose approval updates go to :func:`default_bus`."""
+    """A :class:`LocalModelRegistry` whose approval updates go to :func:`default_bus`; the rule
+    outcomes of its last update are kept in its ``event_outcomes`` (see :func:`failed_deploys`)."""
     from pipelines.local.object_store import ObjectStore
     from pipelines.local.registry import LocalModelRegistry
 
     bus = default_bus(settings, deploy_parameters, stream)
-    return LocalModelRegistry(settings, ObjectStore(settings.s3_root), on_approval_change=bus.publish_package_change)
+    registry = LocalModelRegistry(settings, ObjectStore(settings.s3_root))
+    registry.event_outcomes = []
+
+    def publish(package: Mapping[str, Any]) -> list[dict]:
+        registry.event_outcomes = bus.publish_package_change(package)
+        return registry.event_outcomes
+
+    registry.on_approval_change = publish
+    return registry
