@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[variant].append(rate)
                 print(f"repeat {repeat + 1} hook={variant:<8} {rate:8.1f} images/s", flush=True)
     off = statistics.median(results["off"])
-    print(f"\nmedian images/s: " + ", ".join(f"{v}={statistics.median(r):.1f}" for v, r in results.items()))
+    print("\nmedian images/s: " + ", ".join(f"{v}={statistics.median(r):.1f}" for v, r in results.items()))
     for variant in VARIANTS[1:]:
         ratio = statistics.median(results[variant]) / off
         print(f"throughput hook {variant} / hook off: {ratio:.3f} (target >= 0.9: {'met' if ratio >= 0.9 else 'NOT met'})")

@@ -123,7 +123,7 @@ def main() -> int:
         store.path(uri).parent.mkdir(parents=True, exist_ok=True)
         create_archive(model_dir, store.path(uri))
         hosting = LocalHosting(settings, port=0)
-        deployed = hosting.deploy("bench", {"ModelPackageArn": "arn:aws:sagemaker:us-east-1:000000000000:model-package/bench/1",
+        hosting.deploy("bench", {"ModelPackageArn": "arn:aws:sagemaker:us-east-1:000000000000:model-package/bench/1",
                                             "ModelDataUrl": uri}, instance_type="local", instance_count=1,
                                   data_capture_percent=0)
         endpoint = hosting.describe_endpoint("bench")

@@ -463,7 +463,7 @@ def render_html(data: ReportData) -> str:
     ex = data.execution
     duration = (ex["end"] - ex["start"]) if isinstance(ex.get("end"), (int, float)) and isinstance(ex.get("start"), (int, float)) else None
     parts = [f"<h1>imgpipe execution {_e(ex.get('id'))}</h1>",
-             f'<section id="summary"><h2>Run summary</h2>',
+             '<section id="summary"><h2>Run summary</h2>',
              _table(["pipeline", "status", "started", "duration", "ARN"],
                     [[ex.get("pipeline"), ex.get("status"), _when(ex.get("start")),
                       f"{duration:.1f}s" if duration is not None else "-", ex.get("arn")]], [1])]

@@ -148,7 +148,7 @@ def test_seg_layout_unwraps_nested_folders_and_carves_valid(tmp_path):
 
 
 def write_messy_tree(root: Path) -> None:
-    cat, dog = root / "cat", root / "dog"
+    cat = root / "cat"
     factory.write_class_images(root, "cat", 6)
     factory.write_class_images(root, "dog", 6)
     factory.write_corrupt_png(cat / "corrupt.png")

@@ -4,12 +4,10 @@ headless Chromium and checked in the page; and from the same output laid out in 
 SageMaker writes it (moto), with the SageMaker API answered by botocore's Stubber."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from datetime import datetime, timezone
 from html.parser import HTMLParser

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import io
 import json
 import os
 import signal
@@ -18,7 +17,6 @@ import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
