@@ -3,11 +3,39 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 ISOLATE = ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION")
+ENDPOINT = "imgpipe-endpoint"
+ROLE = "arn:aws:iam::123456789012:role/imgpipe-model"
+CAPTURE = "s3://imgpipe-bucket/imgpipe/data-capture"
+WHEN = datetime(2026, 5, 1, tzinfo=timezone.utc)
+
+
+def endpoint_description(status: str, config: str, **extra) -> dict:
+    """A DescribeEndpoint response for ``ENDPOINT``."""
+    return {"EndpointName": ENDPOINT, "EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{ENDPOINT}",
+            "EndpointConfigName": config, "EndpointStatus": status, "CreationTime": WHEN, "LastModifiedTime": WHEN, **extra}
+
+
+def describe_serving(stub, status: str, config: str, package: str, **extra) -> None:
+    """Script describe_endpoint -> describe_endpoint_config -> describe_model as SageMaker answers
+    for ``ENDPOINT`` serving ``package`` (a model and config both named ``config``)."""
+    stub.add_response("describe_endpoint", endpoint_description(status, config, **extra), {"EndpointName": ENDPOINT})
+    stub.add_response("describe_endpoint_config", {
+        "EndpointConfigName": config, "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/{config}",
+        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": config, "InstanceType": "ml.m5.large",
+                                "InitialInstanceCount": 1}],
+        "DataCaptureConfig": {"EnableCapture": True, "InitialSamplingPercentage": 20, "DestinationS3Uri": CAPTURE,
+                              "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]},
+        "CreationTime": WHEN}, {"EndpointConfigName": config})
+    stub.add_response("describe_model", {
+        "ModelName": config, "Containers": [{"ModelPackageName": package}], "ExecutionRoleArn": ROLE,
+        "CreationTime": WHEN, "ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{config}"},
+        {"ModelName": config})
 
 
 @contextlib.contextmanager

@@ -9,10 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
-from awsfakes import fake_aws, load_step
+from awsfakes import CAPTURE, ENDPOINT, ROLE, describe_serving, fake_aws, load_step
 from imagefactory import write_image
 
-ENDPOINT = "imgpipe-endpoint"
 
 
 @pytest.fixture
@@ -133,8 +132,6 @@ def test_passing_run_writes_its_report(smoke, test_dir, tmp_path, monkeypatch, c
 
 # -- rollback: a failed smoke test puts back the package the endpoint served before Deploy -------------
 GROUP = "imgpipe-p-1"
-ROLE = "arn:aws:iam::123456789012:role/imgpipe-model"
-CAPTURE = "s3://imgpipe-bucket/imgpipe/data-capture"
 BAD_CONFIG, ROLLBACK_CONFIG = "imgpipe-endpoint-v2-20260502-000000", "imgpipe-endpoint-v1-20260503-000000"
 
 
@@ -153,31 +150,9 @@ def registry(monkeypatch):
         yield sm, arns
 
 
-def _describe(stub, config: str, package: str) -> None:
-    """describe_endpoint -> describe_endpoint_config -> describe_model: InService with ``package``."""
-    from datetime import datetime, timezone
-
-    when = datetime(2026, 5, 1, tzinfo=timezone.utc)
-    stub.add_response("describe_endpoint", {
-        "EndpointName": ENDPOINT, "EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{ENDPOINT}",
-        "EndpointConfigName": config, "EndpointStatus": "InService", "CreationTime": when,
-        "LastModifiedTime": when}, {"EndpointName": ENDPOINT})
-    stub.add_response("describe_endpoint_config", {
-        "EndpointConfigName": config, "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/{config}",
-        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": config, "InstanceType": "ml.m5.large",
-                                "InitialInstanceCount": 1}],
-        "DataCaptureConfig": {"EnableCapture": True, "InitialSamplingPercentage": 20, "DestinationS3Uri": CAPTURE,
-                              "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]},
-        "CreationTime": when}, {"EndpointConfigName": config})
-    stub.add_response("describe_model", {
-        "ModelName": config, "Containers": [{"ModelPackageName": package}], "ExecutionRoleArn": ROLE,
-        "CreationTime": when, "ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{config}"},
-        {"ModelName": config})
-
-
 def _rollback_conversation(stub, previous: str, bad: str) -> None:
     """What SageMakerHosting.deploy(previous) asks: a model + config for v1, UpdateEndpoint without alarms."""
-    _describe(stub, BAD_CONFIG, bad)
+    describe_serving(stub, "InService", BAD_CONFIG, bad)
     stub.add_response("create_model", {"ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{ROLLBACK_CONFIG}"}, {
         "ModelName": ROLLBACK_CONFIG, "ExecutionRoleArn": ROLE, "Containers": [{"ModelPackageName": previous}]})
     stub.add_response("create_endpoint_config", {
@@ -193,7 +168,7 @@ def _rollback_conversation(stub, previous: str, bad: str) -> None:
         "DeploymentConfig": {"BlueGreenUpdatePolicy": {
             "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 60},
             "TerminationWaitInSeconds": 60}}})  # no AutoRollbackConfiguration: no alarm undoes it
-    _describe(stub, ROLLBACK_CONFIG, previous)
+    describe_serving(stub, "InService", ROLLBACK_CONFIG, previous)
 
 
 def run_failing(smoke, test_dir, tmp_path, monkeypatch, sagemaker_client, *extra: str) -> tuple[int, str, dict]:

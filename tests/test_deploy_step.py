@@ -11,12 +11,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from awsfakes import fake_aws, load_step
+from awsfakes import CAPTURE, ROLE, describe_serving, endpoint_description, fake_aws, load_step
 
 REGION = "us-east-1"
 GROUP = "imgpipe-p-1"
-ROLE = "arn:aws:iam::123456789012:role/imgpipe-model"
-CAPTURE = "s3://imgpipe-bucket/imgpipe/data-capture"
 BUILD = "s3://imgpipe-bucket/imgpipe-p-1/exec-{}"
 
 
@@ -162,29 +160,6 @@ PACKAGE = {"ModelPackageArn": "arn:aws:sagemaker:us-east-1:123456789012:model-pa
 OLD_PACKAGE = "arn:aws:sagemaker:us-east-1:123456789012:model-package/g/1"
 
 
-def _endpoint(status: str, config: str, **extra) -> dict:
-    when = datetime(2026, 5, 1, tzinfo=timezone.utc)
-    return {"EndpointName": "imgpipe-endpoint", "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/imgpipe-endpoint",
-            "EndpointConfigName": config, "EndpointStatus": status, "CreationTime": when, "LastModifiedTime": when, **extra}
-
-
-def _describe_serving(stub, status: str, config: str, package: str, **extra) -> None:
-    """describe_endpoint -> describe_endpoint_config -> describe_model, as SageMaker answers."""
-    when = datetime(2026, 5, 1, tzinfo=timezone.utc)
-    stub.add_response("describe_endpoint", _endpoint(status, config, **extra), {"EndpointName": "imgpipe-endpoint"})
-    stub.add_response("describe_endpoint_config", {
-        "EndpointConfigName": config, "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/{config}",
-        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": config, "InstanceType": "ml.m5.large",
-                                "InitialInstanceCount": 1}],
-        "DataCaptureConfig": {"EnableCapture": True, "InitialSamplingPercentage": 20, "DestinationS3Uri": CAPTURE,
-                              "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]},
-        "CreationTime": when}, {"EndpointConfigName": config})
-    stub.add_response("describe_model", {
-        "ModelName": config, "Containers": [{"ModelPackageName": package}], "ExecutionRoleArn": ROLE,
-        "CreationTime": when, "ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{config}"},
-        {"ModelName": config})
-
-
 def _scripted_update(monkeypatch, final_status: str, final_config: str, final_package: str, **final_extra):
     import boto3
     from botocore.stub import Stubber
@@ -194,7 +169,7 @@ def _scripted_update(monkeypatch, final_status: str, final_config: str, final_pa
     monkeypatch.setattr(hosting, "resource_name", lambda endpoint, version, now=None: NEW)
     client = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
     stub = Stubber(client)
-    _describe_serving(stub, "InService", OLD, OLD_PACKAGE)
+    describe_serving(stub, "InService", OLD, OLD_PACKAGE)
     stub.add_response("create_model", {"ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{NEW}"}, {
         "ModelName": NEW, "ExecutionRoleArn": ROLE, "Containers": [{"ModelPackageName": PACKAGE["ModelPackageArn"]}]})
     stub.add_response("create_endpoint_config", {"EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/{NEW}"}, {
@@ -204,15 +179,15 @@ def _scripted_update(monkeypatch, final_status: str, final_config: str, final_pa
         "DataCaptureConfig": {"EnableCapture": True, "InitialSamplingPercentage": 20, "DestinationS3Uri": CAPTURE,
                               "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
                               "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]}}})
-    stub.add_response("update_endpoint", {"EndpointArn": _endpoint("Updating", NEW)["EndpointArn"]}, {
+    stub.add_response("update_endpoint", {"EndpointArn": endpoint_description("Updating", NEW)["EndpointArn"]}, {
         "EndpointName": "imgpipe-endpoint", "EndpointConfigName": NEW,
         "DeploymentConfig": {
             "BlueGreenUpdatePolicy": {
                 "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 120},
                 "TerminationWaitInSeconds": 120},
             "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "imgpipe-5xx"}, {"AlarmName": "imgpipe-latency"}]}}})
-    _describe_serving(stub, "Updating", OLD, OLD_PACKAGE)  # the old fleet still serves meanwhile
-    _describe_serving(stub, final_status, final_config, final_package, **final_extra)
+    describe_serving(stub, "Updating", OLD, OLD_PACKAGE)  # the old fleet still serves meanwhile
+    describe_serving(stub, final_status, final_config, final_package, **final_extra)
     sleeps = []
     host = hosting.SageMakerHosting(
         model_role_arn=ROLE, data_capture_url=CAPTURE, rollback_alarms=["imgpipe-5xx", "imgpipe-latency"],
