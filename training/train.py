@@ -73,6 +73,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--early-stopping-patience", type=int, default=0, help="stop after this many epochs without a better valid_accuracy (0 = off)")
     parser.add_argument("--max-train-images", type=int, default=0, help="train on a stratified random subset of this many images (0 = all)")
     parser.add_argument("--seed", type=int, default=42, help="random seed")
+    parser.add_argument("--mixed-precision", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                        help="autocast on a GPU: auto = bf16 where supported, else fp16 with gradient scaling")
     parser.add_argument("--workers", type=int, default=int(env("SM_NUM_CPUS", os.cpu_count() or 1)), help="processes for image decoding")
     parser.add_argument("--cache-limit-mb", type=int, default=4096, help="keep decoded images in memory up to this size, else stream from disk")
     parser.add_argument("--train-dir", default=env("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"), help="training images (class folders)")
@@ -165,6 +167,17 @@ def set_train_mode(model: nn.Module, arch_name: str, freeze_backbone: bool) -> N
                 module.eval()
 
 
+def mixed_precision(device: torch.device, choice: str = "auto") -> tuple[Optional[torch.dtype], Optional[torch.amp.GradScaler]]:
+    """Autocast dtype and gradient scaler for ``device``: with ``auto``, bfloat16 where the GPU
+    has it (A100, H100, L4...: no scaler needed), float16 with a GradScaler on older GPUs (T4,
+    V100); none on CPU or with ``off``."""
+    if device.type != "cuda" or choice == "off":
+        return None, None
+    if choice == "bf16" or (choice == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16, None
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
 def run_epoch(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -175,11 +188,17 @@ def run_epoch(
     scaler: Optional[torch.amp.GradScaler] = None,
     augment: bool = False,
     generator: Optional[torch.Generator] = None,
+    amp_dtype: Optional[torch.dtype] = None,
 ) -> dict[str, float]:
-    """One pass over ``batches``: trains when an optimizer is given, else evaluates."""
+    """One pass over ``batches``: trains when an optimizer is given, else evaluates.
+
+    Loss and accuracy are summed on the device and read once at the end, so a GPU never waits
+    for the host between batches."""
     training = optimizer is not None
-    total_loss, correct, seen = 0.0, 0, 0
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     start = time.perf_counter()
     with torch.enable_grad() if training else torch.inference_mode():
         for images, labels in batches:
@@ -188,24 +207,27 @@ def run_epoch(
             if augment:
                 images = augment_batch(images, generator if device.type == "cpu" else None)
             inputs = normalize_batch(images, IMAGENET_MEAN, IMAGENET_STD)
-            if device.type == "cuda":
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
             with autocast:
                 logits = model(inputs)
                 loss = loss_fn(logits, labels)
             if training:
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
+                    scale = scaler.get_scale()
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
                     scaler.update()
+                    stepped = scaler.get_scale() >= scale  # the scale drops when a step was skipped (inf/nan grads)
                 else:
                     loss.backward()
                     optimizer.step()
-                scheduler.step()
-            total_loss += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
+                    stepped = True
+                if stepped:
+                    scheduler.step()
+            total_loss += loss.detach().double() * len(labels)
+            correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
+    total_loss, correct = total_loss.item(), correct.item()  # waits for the device's last batch
     seconds = time.perf_counter() - start
     return {"loss": total_loss / max(1, seen), "accuracy": correct / max(1, seen), "seconds": seconds, "images": seen}
 
@@ -248,13 +270,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     print(f"images ready in {time.perf_counter() - loader_start:.1f}s", flush=True)
 
     model = build_model(args.arch, len(classes), args.pretrained, args.weights_dir, args.freeze_backbone).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     optimizer = build_optimizer(args, model)
     steps_per_epoch = len(train_batches)
     scheduler = build_scheduler(optimizer, round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    amp_dtype, scaler = mixed_precision(device, args.mixed_precision)
+    if amp_dtype is not None:
+        print(f"mixed precision: {str(amp_dtype).removeprefix('torch.')} autocast" + (" with gradient scaling" if scaler else ""), flush=True)
     generator = torch.Generator().manual_seed(args.seed)
 
     fingerprint = {"arch": args.arch, "classes": classes, "image_size": args.image_size, "epochs": args.epochs,
@@ -270,6 +292,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         generator.set_state(resumed["generator"])
+        if scaler is not None and resumed.get("scaler"):
+            scaler.load_state_dict(resumed["scaler"])
         history, best, best_state = resumed["history"], resumed["best"], resumed["best_model"]
         start_epoch = resumed["epoch"] + 1
         print(f"resumed from checkpoint after epoch {resumed['epoch']}", flush=True)
@@ -279,10 +303,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     for epoch in range(start_epoch, args.epochs + 1):
         hook.set_mode(train=True)
         set_train_mode(model, args.arch, args.freeze_backbone)
-        train_stats = run_epoch(model, train_batches, loss_fn, device, optimizer, scheduler, scaler, args.augment, generator)
+        train_stats = run_epoch(model, train_batches, loss_fn, device, optimizer, scheduler, scaler, args.augment, generator, amp_dtype)
         hook.set_mode(train=False)
         model.eval()
-        valid_stats = run_epoch(model, valid_batches, loss_fn, device)
+        valid_stats = run_epoch(model, valid_batches, loss_fn, device, amp_dtype=amp_dtype)
         record = {
             "epoch": epoch,
             "train_loss": train_stats["loss"], "train_accuracy": train_stats["accuracy"],
@@ -306,7 +330,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         save_checkpoint(checkpoint_path, {
             "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "history": history,
-            "best": best, "best_model": best_state,
+            "best": best, "best_model": best_state, "scaler": scaler.state_dict() if scaler is not None else None,
         })
         if args.early_stopping_patience and epochs_without_improvement >= args.early_stopping_patience:
             print(f"early stopping: no better valid_accuracy for {epochs_without_improvement} epochs", flush=True)

@@ -143,7 +143,8 @@ def make_loader(
 def augment_batch(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Random horizontal flip and a random shift of up to 1/8 of the side (reflect-padded)."""
     batch, _, size, _ = images.shape
-    flip = torch.rand(batch, generator=generator) < 0.5
+    # drawn on the CPU (a CPU generator keeps runs reproducible), applied where the images are
+    flip = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
     images = torch.where(flip[:, None, None, None], images.flip(-1), images)
     pad = max(1, size // 8)
     padded = torch.nn.functional.pad(images.float(), (pad, pad, pad, pad), mode="reflect")
