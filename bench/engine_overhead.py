@@ -12,7 +12,7 @@ run that the step cache should answer. Prints, for the cold run:
 
 and the cached re-run's wall time as a share of the cold run's.
 
-    .venv/bin/python bench/engine_overhead.py                      # default data (Fashion-MNIST 1,000/class)
+    .venv/bin/python bench/engine_overhead.py                      # default data (Fashion-MNIST, 1,200 per class)
     .venv/bin/python bench/engine_overhead.py --data DIR -p MaxTuningJobs=2
 """
 from __future__ import annotations

@@ -115,18 +115,23 @@ def test_rules_that_cannot_run_say_why_and_never_pass(jobs, sound, tmp_path):
 
 def test_poor_weight_initialization_reads_the_pipelines_activation_inputs(jobs):
     """The pipeline's collection and activation_inputs_regex (one regex) select exactly the inputs
-    of MobileNetV2's 35 ReLU6 modules, and the rule reaches a verdict on them (not Error)."""
-    from pipelines.pipeline import ACTIVATION_INPUTS_REGEX
+    of MobileNetV2's 35 ReLU6 modules, saved only at the first training steps the rule reads, and
+    the rule reaches a verdict on them (not Error)."""
+    from pipelines.pipeline import ACTIVATION_INPUTS_COLLECTION, ACTIVATION_INPUTS_REGEX
+    from smdebug import modes
     from smdebug.trials import create_trial
 
     describe = jobs.run("activations", jobs.request(
-        {**SOUND, "epochs": "1", "max-train-images": "20"},
+        {**SOUND, "epochs": "3", "max-train-images": "24", "batch-size": "4"},  # 6 steps an epoch
         rules=rule_configs(["PoorWeightInitialization"],
                            PoorWeightInitialization={"activation_inputs_regex": ACTIVATION_INPUTS_REGEX}),
-        collections={"losses": {"save_interval": "1"},
-                     "activation_inputs": {"include_regex": ACTIVATION_INPUTS_REGEX, "save_interval": "1"}}))
+        collections={"losses": {"save_interval": "1"}, "activation_inputs": ACTIVATION_INPUTS_COLLECTION}))
     assert describe["TrainingJobStatus"] == "Completed", describe.get("FailureReason")
-    names = create_trial(str(jobs.debug_output(describe))).tensor_names(collection="activation_inputs")
+    trial = create_trial(str(jobs.debug_output(describe)))
+    names = trial.tensor_names(collection="activation_inputs")
+    first = trial.tensor("features.0.2_input_0")
+    assert first.steps(mode=modes.TRAIN) == [0, 5]  # of 18 training steps: the rule reads steps < 10
+    assert first.steps(mode=modes.EVAL) == []
     expected = {"features.0.2_input_0", "features.1.conv.0.2_input_0", "features.18.2_input_0"} | {
         f"features.{n}.conv.{k}.2_input_0" for n in range(2, 18) for k in (0, 1)}
     assert set(names) == expected  # no block inputs such as 'features.2_input_0'
