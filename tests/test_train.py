@@ -6,6 +6,7 @@ by evaluate.py and served by inference.py: the path every pipeline run takes.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -195,6 +196,48 @@ def test_debugger_hook_tensors_are_read_back_by_smdebug(splits, tmp_path):
     train_values = [float(loss.value(s, mode=ModeKeys.TRAIN)) for s in loss.steps(mode=ModeKeys.TRAIN)]
     assert all(v > 0 for v in train_values)
     assert trial.tensor_names(collection="weights") and trial.tensor_names(collection="gradients")
+
+
+def test_debugger_hook_saves_bfloat16_activations_under_autocast(tmp_path, monkeypatch):
+    """Under bfloat16 autocast (GPUs that have it, and the CPU) activation inputs are bfloat16,
+    which numpy lacks: the hook still saves them, as float32, and training goes on."""
+    import torch
+    from torch import nn
+    from smdebug.trials import create_trial
+
+    spec = importlib.util.spec_from_file_location("imgpipe_train", TRAIN)
+    train_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_script)
+
+    config = tmp_path / "debughookconfig.json"
+    config.write_text(json.dumps({
+        "LocalPath": str(tmp_path / "out"), "HookParameters": {"save_interval": "1"},
+        "CollectionConfigurations": [{"CollectionName": "losses"}, {
+            "CollectionName": "activation_inputs", "CollectionParameters": {"include_regex": "relu6_input_0$"}}]}))
+    monkeypatch.setenv("SMDEBUG_CONFIG_FILE_PATH", str(config))
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("conv", nn.Conv2d(3, 4, 3))
+    model.add_module("relu6", nn.ReLU6())
+    model.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    model.add_module("flat", nn.Flatten())
+    model.add_module("head", nn.Linear(4, 2))
+    loss_fn = nn.CrossEntropyLoss()
+    hook = train_script.DebuggerHook(model, loss_fn)
+    assert hook.hook is not None
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    batches = [(torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))] * 3
+    hook.set_mode(train=True)
+    stats = train_script.run_epoch(model, batches, loss_fn, torch.device("cpu"), optimizer, scheduler,
+                                   amp_dtype=torch.bfloat16)
+    hook.close()
+
+    assert stats["images"] == 12 and stats["loss"] > 0
+    activation = create_trial(str(tmp_path / "out")).tensor("relu6_input_0")
+    assert activation.steps() == [0, 1, 2]
+    value = activation.value(2)
+    assert value.dtype == "float32" and value.shape == (4, 4, 6, 6)
 
 
 def test_missing_channel_fails_with_a_reason_in_the_failure_file(tmp_path):

@@ -128,6 +128,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _numpy_of_any_dtype(to_numpy: Any) -> Any:
+    """smdebug's tensor-to-numpy conversion, widened to bfloat16 tensors (numpy has no
+    bfloat16: under bfloat16 autocast, saving an activation would raise TypeError)."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16:
+            value = value.float()
+        return to_numpy(value)
+
+    return convert
+
+
 class DebuggerHook:
     """SageMaker Debugger (smdebug) hook from the hook config SageMaker writes; a no-op
     when the job has no Debugger hook config."""
@@ -144,6 +156,7 @@ class DebuggerHook:
             return
         self.modes = smd.modes
         self.hook = smd.Hook.create_from_json_file(path)
+        self.hook._make_numpy_array = _numpy_of_any_dtype(self.hook._make_numpy_array)
         self.hook.register_module(model)
         self.hook.register_loss(loss_fn)
         print(f"Debugger hook saving tensors to {self.hook.out_dir}", flush=True)
