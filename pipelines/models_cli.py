@@ -106,6 +106,13 @@ def accuracy(package: dict) -> Any:
     return report if report is not None else (package.get("CustomerMetadataProperties") or {}).get("test_accuracy")
 
 
+def _accuracy_text(value: Any) -> str:
+    try:
+        return f"{float(value):.4f}"
+    except (TypeError, ValueError):
+        return "-" if value is None else str(value)
+
+
 def summary(package: dict) -> str:
     """Status, metrics, hyperparameters and lineage of a described package, as text."""
     metadata = package.get("CustomerMetadataProperties") or {}
@@ -143,8 +150,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         if not packages:
             print("no model packages" + (f" in group {args.group}" if args.group else ""))
             return EXIT_OK
+        def test_accuracy(package: dict) -> Any:
+            # SageMaker's list gives summaries without metrics: describe reads the evaluation report
+            found = accuracy(package)
+            return found if found is not None else accuracy(registry.describe(package["ModelPackageArn"]))
+
         rows = [[p.get("ModelPackageGroupName"), p.get("ModelPackageVersion"), p.get("ModelApprovalStatus"),
-                 _time_text(p.get("CreationTime")), accuracy(p), p.get("ModelPackageArn")] for p in packages]
+                 _time_text(p.get("CreationTime")), _accuracy_text(test_accuracy(p)), p.get("ModelPackageArn")]
+                for p in packages]
         print(format_table(["GROUP", "VERSION", "STATUS", "CREATED", "ACCURACY", "ARN"], rows))
         return EXIT_OK
 

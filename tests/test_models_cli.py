@@ -67,6 +67,7 @@ def test_list_and_describe_on_aws(sm, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["GROUP", "VERSION", "STATUS", "CREATED", "ACCURACY", "ARN"]
     assert [line.split()[:3] for line in lines[2:]] == [[GROUP, "2", "Approved"], [GROUP, "1", "PendingManualApproval"]]
+    assert [line.split()[5] for line in lines[2:]] == ["0.9100", "0.9100"]  # after CREATED's date and time
     assert main(["models", "list", "--backend", "aws", "--status", "PendingManualApproval"]) == 0
     assert [line.split()[1] for line in capsys.readouterr().out.splitlines()[2:]] == ["1"]
 
