@@ -3,15 +3,17 @@
 #
 # Runs, on the machine's own python3 with torch/torchvision (no venv, no SageMaker SDK):
 #   1. Fashion-MNIST (the default data, 1,200 per class) rendered and split by steps/preprocess.py;
-#   2. training/train.py as the pipeline's final training job runs it (float16 autocast,
-#      bfloat16 autocast, flips/shifts on the GPU), then steps/evaluate.py on the test split;
+#   2. training/train.py as the pipeline's final training job runs it (bfloat16 autocast, flips
+#      and shifts on the GPU), then steps/evaluate.py on the test split; then float16 with
+#      gradient scaling, twice (the second run resumes from the first one's checkpoint);
 #   3. tests/test_train.py on the GPU (artifact, evaluation, inference.py serving, resume after
-#      SIGKILL) -- all but the smdebug test (smdebug needs numpy<2); TESTS=EXPR picks fewer (-k);
+#      SIGKILL) -- all but the Debugger hook tests (smdebug needs numpy<2); TESTS=EXPR picks
+#      others (pytest -k);
 #   4. bench/train_throughput.py: imgpipe's GPU path against a bare DataLoader loop.
 #
 # Needs, under $CARRY (default .devcarry): fashion-mnist/*.gz (Debian's dataset-fashion-mnist
 # files) and torch/hub/checkpoints/mobilenet_v2-b0353104.pth. Logs and evaluation.json go to
-# $OUT (default ./gpu-check-out).
+# $OUT (default: a new temporary directory, printed at the end).
 #
 #   mkdir -p .devcarry/torch/hub/checkpoints && cp /usr/share/datasets/fashion-mnist -r .devcarry/ \
 #     && cp ~/.cache/torch/hub/checkpoints/mobilenet_v2-b0353104.pth .devcarry/torch/hub/checkpoints/
@@ -19,7 +21,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CARRY=${CARRY:-$ROOT/.devcarry}
-OUT=${OUT:-$ROOT/gpu-check-out}
+OUT=${OUT:-$(mktemp -d)}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 export TORCH_HOME=$CARRY/torch IMGPIPE_FASHION_MNIST_DIR=$CARRY/fashion-mnist PYTHONUNBUFFERED=1
@@ -51,7 +53,8 @@ for attempt in 1 2; do
 done
 
 echo "== 3. tests/test_train.py on the GPU"
-python3 -m pytest -q -p no:cacheprovider tests/test_train.py -k "${TESTS:-not smdebug}" 2>&1 | tail -5
+python3 -m pytest -q -p no:cacheprovider tests/test_train.py -k "${TESTS:-not debugger_hook}" 2>&1 | tail -5
 
 echo "== 4. throughput: imgpipe vs bare DataLoader loop"
 python3 bench/train_throughput.py --data "$WORK/splits/train" --epochs 3 --batch-size 128 --device cuda 2>&1 | tee "$OUT/throughput.log"
+echo "logs and evaluation.json in $OUT"
