@@ -32,7 +32,7 @@ setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.10,<3.13",
-    packages=["pipelines", "pipelines.local", "imgclf"],
+    packages=["pipelines", "pipelines.aws", "pipelines.local", "imgclf"],
     package_dir={"imgclf": "training/imgclf"},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest>=8", "moto[server]>=5,<6"]},

@@ -14,8 +14,8 @@ COMMAND_MODULES = (
     "pipelines.get_pipeline_definition",  # imgpipe definition
     "pipelines.local.cli",  # imgpipe run / executions
     "pipelines.models_cli",  # imgpipe models list / describe / approve / reject
-    "pipelines.local.endpoints_cli",  # imgpipe endpoints list / delete, imgpipe predict
-    "pipelines.triggers",  # imgpipe triggers apply
+    "pipelines.endpoints_cli",  # imgpipe endpoints list / delete, imgpipe predict
+    "pipelines.aws.triggers",  # imgpipe triggers apply
     "pipelines.weights",  # imgpipe weights install
     "pipelines.report",  # imgpipe report
 )
@@ -34,7 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -3,19 +3,19 @@
 ::
 
     Deploy --deployment.json (DeploymentReport: SmokeTestDataUrl)--> SmokeTest
-    (steps/deploy.py: newest Approved package       (steps/smoke_test.py: held-out images
+    (steps/deploy.py: newest Approved package       (steps/check_endpoint.py: held-out images
      of ModelPackageGroupName -> model, endpoint     -> EndpointName; fails on any error or
      config with data capture, create/update         accuracy < SmokeTestMinAccuracy, after
      EndpointName blue/green, wait InService)        rolling the endpoint back to the
                                                      PreviousModelPackageArn of the report)
 
-Started by the EventBridge rule of :mod:`pipelines.triggers` when a package of the group is
+Started by the EventBridge rule of :mod:`pipelines.aws.triggers` when a package of the group is
 approved (deploy it) or rejected (roll back to the newest package still approved), or by hand.
 Both steps are PyTorch ``FrameworkProcessor`` jobs whose code is ``steps/`` plus
-``training/imgclf`` and the two boto3 modules they need on SageMaker
-(``pipelines/hosting.py``, ``pipelines/aws_registry.py``), shipped as the step's
-``dependencies``: one copy of that code, importable as ``pipelines.*`` locally and as top-level
-modules in the container (``steps/deploy_backends.py``). Locally (``IMGPIPE_BACKEND=local``)
+``training/imgclf`` and the backends they need on SageMaker (``pipelines/backends.py`` and the
+boto3 package ``pipelines/aws``), shipped as the step's ``dependencies``: one copy of that code,
+importable as ``pipelines.*`` locally and as top-level ``backends``/``aws`` in the container
+(``steps/deploy_backends.py``). Locally (``IMGPIPE_BACKEND=local``)
 the same steps use the local registry and local hosting.
 
 Built offline like the model-build pipeline: ``get-pipeline-definition --module-name
@@ -53,7 +53,7 @@ from pipelines.pipeline import (  # noqa: E402
 # What the two steps ship, relative to CODE_ROOT: the step scripts (source_dir) and their
 # dependencies (imgclf for the image listing and failure file, the boto3 backends).
 SOURCE_DIR = "steps"
-DEPENDENCIES = (SHARED_CODE, "pipelines/hosting.py", "pipelines/aws_registry.py")
+DEPENDENCIES = (SHARED_CODE, "pipelines/backends.py", "pipelines/aws")
 STEP_NAMES = ("Deploy", "SmokeTest")
 PARAMETER_NAMES = (
     "ModelPackageGroupName",
@@ -181,7 +181,7 @@ def get_pipeline(
         name="SmokeTest",
         description="Invoke the endpoint with held-out test images; fail on any error or low accuracy.",
         step_args=processor("smoke-test").run(
-            code="smoke_test.py", source_dir=SOURCE_DIR, dependencies=list(DEPENDENCIES),
+            code="check_endpoint.py", source_dir=SOURCE_DIR, dependencies=list(DEPENDENCIES),
             inputs=[ProcessingInput(
                 source=JsonGet(step_name=step_deploy.name, property_file=report, json_path="SmokeTestDataUrl"),
                 destination="/opt/ml/processing/test")],

@@ -1,10 +1,10 @@
 """``imgpipe models list|describe|approve|reject``: the model registry, local or SageMaker's.
 
 Every command takes ``--backend local|aws`` (local by default) and talks to the registry
-interface (``pipelines.local.registry.ModelRegistry``): :class:`LocalModelRegistry` or
-:class:`pipelines.aws_registry.SageMakerModelRegistry`. Approving or rejecting a package is
-what starts the deploy pipeline: on AWS through the EventBridge rule of ``imgpipe triggers
-apply``; locally through the local registry's approval event.
+interface (:class:`pipelines.backends.ModelRegistry`) that :func:`pipelines.backends.get_registry`
+picks: ``LocalModelRegistry`` or ``pipelines.aws.registry.SageMakerModelRegistry``. Approving or
+rejecting a package is what starts the deploy pipeline: on AWS through the EventBridge rule of
+``imgpipe triggers apply``; locally through the local registry's approval event.
 
 Exit codes: 0 done, 1 AWS refused (credentials, permissions) or, locally, the deploy pipeline
 run that an approve/reject started failed (the approval change itself is recorded), 2 bad
@@ -19,41 +19,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from pipelines.backends import BACKENDS, get_registry
 from pipelines.local.progress import format_table
 from pipelines.settings import Settings
 
 EXIT_OK, EXIT_AWS, EXIT_USAGE = 0, 1, 2
 EXIT_DEPLOY_FAILED = 1
 ACCURACY_PATH = ("multiclass_classification_metrics", "accuracy", "value")
-
-
-def _local_registry(settings: Settings) -> Any:
-    """The local registry whose approval changes go to the local event bus (-> deploy pipeline)."""
-    from pipelines.local.events import local_registry
-
-    return local_registry(settings)
-
-
-def _aws_registry(settings: Settings) -> Any:
-    from pipelines.aws_registry import SageMakerModelRegistry
-
-    return SageMakerModelRegistry(region=settings.region)
-
-
-# Registry backends by name: each builds a ModelRegistry (list_packages, describe,
-# update_approval, latest_approved) from the settings.
-REGISTRY_BACKENDS: dict[str, Callable[[Settings], Any]] = {"local": _local_registry, "aws": _aws_registry}
-
-
-class UsageError(ValueError):
-    """Bad input to a models command (exit code 2)."""
-
-
-def get_registry(backend: str, settings: Settings) -> Any:
-    """The registry implementation for ``backend``."""
-    if backend not in REGISTRY_BACKENDS:
-        raise UsageError(f"unknown registry backend {backend!r} (known: {', '.join(REGISTRY_BACKENDS)})")
-    return REGISTRY_BACKENDS[backend](settings)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -74,8 +46,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _run(args: argparse.Namespace, action: Callable[[Any], int]) -> int:
     """Run ``action(registry)``; errors as one line on stderr with the exit code."""
     try:
-        return action(get_registry(args.backend, _settings(args)))
-    except (UsageError, LookupError, ValueError) as exc:
+        settings = _settings(args)
+        return action(get_registry(args.backend, region=settings.region, settings=settings,
+                                   approval_events=True))
+    except (LookupError, ValueError) as exc:  # BackendError, RegistryError: bad input
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - botocore errors: one line, not a traceback
@@ -204,7 +178,7 @@ def cmd_reject(args: argparse.Namespace) -> int:
 
 # -- wiring ------------------------------------------------------------------------------
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=sorted(REGISTRY_BACKENDS), default="local",
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
                         help="registry: local (default) or aws (SageMaker)")
     parser.add_argument("--home", help="local state directory (default: $IMGPIPE_HOME or ./.imgpipe)")
     parser.add_argument("--region", help="AWS region (aws backend; default: boto3's configuration)")

@@ -1,10 +1,11 @@
 """The registry and hosting backends of the deploy pipeline's steps (deploy, smoke test).
 
-The local engine sets ``IMGPIPE_BACKEND=local`` and ``IMGPIPE_HOME`` in every job's
-environment: the steps then use the local registry and local hosting of the imgpipe package.
-Otherwise they use SageMaker through boto3: ``pipelines/hosting.py`` and
-``pipelines/aws_registry.py``, imported from the imgpipe package where it is installed, or
-from the copies shipped next to the step scripts in SageMaker's processing container.
+The backend is named by the job's environment: the local engine sets ``IMGPIPE_BACKEND=local``
+and ``IMGPIPE_HOME`` in every job's environment (the local registry and local hosting under
+that home); otherwise ``aws`` (SageMaker through boto3). Both are picked by
+``pipelines/backends.py``, imported from the imgpipe package where it is installed, or from the
+copy shipped next to the step scripts (with the ``aws`` package) in SageMaker's processing
+container, where the local engine is never imported.
 """
 from __future__ import annotations
 
@@ -14,43 +15,39 @@ from pathlib import Path
 from typing import Any, Optional
 
 try:  # the imgpipe package (local runs, tests)
-    from pipelines import aws_registry, hosting
+    from pipelines import backends
 except ImportError:  # SageMaker processing job: shipped as dependencies of the step
-    import aws_registry  # type: ignore[no-redef]
-    import hosting  # type: ignore[no-redef]
+    import backends  # type: ignore[no-redef]
 
-HostingError = hosting.HostingError
-
-
-def is_local() -> bool:
-    return os.environ.get("IMGPIPE_BACKEND", "").lower() == "local"
+HostingError = backends.HostingError
+ENV_BACKEND = "IMGPIPE_BACKEND"
 
 
-def _local_settings() -> Any:
-    from pipelines.settings import Settings
+def backend_name() -> str:
+    """``IMGPIPE_BACKEND`` (lower case), ``aws`` when unset."""
+    return os.environ.get(ENV_BACKEND, "").strip().lower() or "aws"
 
+
+def _settings() -> Any:
+    """The local backend's settings: the home the local engine gave the job."""
+    if backend_name() != "local":
+        return None
     home = os.environ.get("IMGPIPE_HOME")
     if not home:
         raise RuntimeError("IMGPIPE_BACKEND=local needs IMGPIPE_HOME (the local engine sets both)")
+    from pipelines.settings import Settings
+
     return Settings(home=Path(home))
 
 
 def get_registry(region: Optional[str] = None) -> Any:
-    """The model registry: local (``IMGPIPE_BACKEND=local``) or SageMaker's."""
-    if is_local():
-        from pipelines.local.registry import LocalModelRegistry
-
-        return LocalModelRegistry(_local_settings())
-    return aws_registry.SageMakerModelRegistry(region=region)
+    """The model registry of the job's backend (SageMaker's in ``region``, or the local one)."""
+    return backends.get_registry(backend_name(), region=region, settings=_settings())
 
 
 def get_hosting(region: Optional[str] = None, **sagemaker_options: Any) -> Any:
-    """The model host: local, or SageMaker endpoints (``sagemaker_options``: role, capture URL...)."""
-    if is_local():
-        from pipelines.local.hosting import LocalHosting
-
-        return LocalHosting(_local_settings())
-    return hosting.SageMakerHosting(region, **sagemaker_options)
+    """The model host of the job's backend (``sagemaker_options``: role, capture URL... on AWS)."""
+    return backends.get_hosting(backend_name(), region=region, settings=_settings(), **sagemaker_options)
 
 
 def fail(message: str) -> int:

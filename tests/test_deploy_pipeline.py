@@ -67,23 +67,42 @@ def test_parameters_and_steps(built):
         "Std:Join": {"On": "", "Values": [{"Get": "Parameters.SmokeTestMinAccuracy"}]}}
 
 
+# Run in the extracted code tarball with python -S (no site-packages: no imgpipe, no boto3).
+SHIPPED_PROBE = """
+import sys
+import deploy, check_endpoint, deploy_backends, backends
+assert deploy_backends.backends is backends and backends.__name__ == "backends"
+registry, hosting = backends._implementation("registry", "aws"), backends._implementation("hosting", "aws")
+import aws.hosting
+assert aws.hosting.HostingError is backends.HostingError is check_endpoint.HostingError
+print(sys.modules[registry.__module__].__file__)
+print(sys.modules[hosting.__module__].__file__)
+try:
+    backends.get_hosting("local")
+except backends.BackendError as exc:
+    print(exc)
+print(sorted(name for name in sys.modules if name.split(".")[0] in ("pipelines", "sagemaker", "torch")))
+"""
+
+
 def test_shipped_code_runs_without_imgpipe(built, tmp_path):
-    """The step's code tarball imports the boto3 backends as top-level modules (python -S: no imgpipe)."""
+    """The step's code tarball imports the backends module and the boto3 ``aws`` package as top-level
+    code (python -S: no imgpipe) and never the local engine."""
     definition, store = built
     code = [i for i in definition["Steps"][0]["Arguments"]["ProcessingInputs"] if i["InputName"] == "code"][0]
     bucket, key = code["S3Input"]["S3Uri"][len("s3://"):].split("/", 1)
     with tarfile.open(store / bucket / key) as tar:
         names = set(tar.getnames())
         tar.extractall(tmp_path, filter="data")
-    assert {"deploy.py", "smoke_test.py", "deploy_backends.py", "hosting.py", "aws_registry.py",
-            "imgclf/container.py", "imgclf/data.py"} <= names
-    assert not any("__pycache__" in n or n.startswith("pipelines/") for n in names)
-    probe = ("import deploy, smoke_test, deploy_backends; "
-             "print(deploy_backends.hosting.__file__); print(deploy_backends.aws_registry.__file__)")
-    done = subprocess.run([sys.executable, "-S", "-c", probe], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(tmp_path)}, timeout=60)
+    assert {"deploy.py", "check_endpoint.py", "deploy_backends.py", "backends.py", "aws/__init__.py",
+            "aws/hosting.py", "aws/registry.py", "imgclf/container.py", "imgclf/data.py"} <= names
+    assert not any("__pycache__" in n or n.startswith(("pipelines/", "local/")) for n in names)
+    done = subprocess.run([sys.executable, "-S", "-c", SHIPPED_PROBE], cwd=tmp_path, capture_output=True,
+                          text=True, env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(tmp_path)},
+                          timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [str(tmp_path / "hosting.py"), str(tmp_path / "aws_registry.py")]
+    assert done.stdout.splitlines() == [str(tmp_path / "aws" / "registry.py"), str(tmp_path / "aws" / "hosting.py"),
+                                        "the local backend needs the imgpipe package (pip install -e .)", "[]"]
 
 
 def test_run_pipeline_upserts_the_deploy_pipeline(monkeypatch, capsys):

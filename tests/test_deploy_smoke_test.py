@@ -1,4 +1,4 @@
-"""steps/smoke_test.py: real image files sent through SageMakerHosting.invoke, with
+"""steps/check_endpoint.py: real image files sent through SageMakerHosting.invoke, with
 sagemaker-runtime's InvokeEndpoint scripted by botocore's Stubber (moto runs no model): the
 exact requests, and how answers, wrong labels and HTTP errors decide the step's outcome; a
 failed smoke test rolls the endpoint back (the registry in moto, UpdateEndpoint scripted)."""
@@ -16,7 +16,7 @@ from imagefactory import write_image
 
 @pytest.fixture
 def smoke(monkeypatch):
-    return load_step(monkeypatch, "smoke_test")
+    return load_step(monkeypatch, "check_endpoint")
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def answer(label: str) -> list:
 
 def stubbed_hosting(images, labels, error_at=None):
     """SageMakerHosting whose runtime client expects exactly these requests, in order."""
-    from pipelines.hosting import SageMakerHosting
+    from pipelines.aws.hosting import SageMakerHosting
 
     runtime, stub = stubbed_runtime(images, labels, error_at)
     return SageMakerHosting(sagemaker_client=object(), runtime_client=runtime), stub
@@ -113,7 +113,7 @@ def test_any_error_fails_with_the_status_and_message(smoke, test_dir, tmp_path, 
 
 
 def test_an_answer_that_is_not_a_top_k_list_is_an_error(smoke):
-    from pipelines.hosting import HostingError
+    from pipelines.backends import HostingError
 
     with pytest.raises(HostingError, match="not a top-k list of labels"):
         smoke.top_label({"predictions": [0.1, 0.9]})
@@ -172,8 +172,8 @@ def _rollback_conversation(stub, previous: str, bad: str) -> None:
 
 
 def run_failing(smoke, test_dir, tmp_path, monkeypatch, sagemaker_client, *extra: str) -> tuple[int, str, dict]:
-    """smoke_test.main on an endpoint that answers every image wrongly; (rc, failure, report)."""
-    from pipelines import hosting
+    """check_endpoint.main on an endpoint that answers every image wrongly; (rc, failure, report)."""
+    from pipelines.aws import hosting
 
     images = smoke.pick_images(test_dir, 4)
     runtime, _ = stubbed_runtime(images, ["shirt" if c == "boot" else "boot" for _, c in images])

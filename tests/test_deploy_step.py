@@ -1,4 +1,4 @@
-"""steps/deploy.py and pipelines/hosting.py against moto's SageMaker, and botocore's Stubber for
+"""steps/deploy.py and pipelines/aws/hosting.py against moto's SageMaker, and botocore's Stubber for
 what moto lacks (UpdateEndpoint): the exact requests, and how the answers are read.
 
 moto creates the model, endpoint config and endpoint records and reports them ``InService`` at
@@ -133,7 +133,7 @@ def test_latest_approved_sorts_itself_newest_first():
     import boto3
     from botocore.stub import Stubber
 
-    from pipelines.aws_registry import SageMakerModelRegistry
+    from pipelines.aws.registry import SageMakerModelRegistry
 
     client = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
     now = datetime(2026, 5, 1, tzinfo=timezone.utc)
@@ -164,7 +164,7 @@ def _scripted_update(monkeypatch, final_status: str, final_config: str, final_pa
     import boto3
     from botocore.stub import Stubber
 
-    from pipelines import hosting
+    from pipelines.aws import hosting
 
     monkeypatch.setattr(hosting, "resource_name", lambda endpoint, version, now=None: NEW)
     client = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
@@ -207,7 +207,7 @@ def test_update_is_blue_green_with_alarms_and_waits_until_in_service(monkeypatch
 
 
 def test_an_update_sagemaker_rolled_back_is_an_error(monkeypatch):
-    from pipelines.hosting import HostingError
+    from pipelines.backends import HostingError
 
     stub, host, _ = _scripted_update(monkeypatch, "InService", OLD, OLD_PACKAGE,
                                      FailureReason="alarm imgpipe-5xx fired during baking")
@@ -218,7 +218,7 @@ def test_an_update_sagemaker_rolled_back_is_an_error(monkeypatch):
 
 
 def test_resource_names_fit_sagemaker_limits():
-    from pipelines.hosting import resource_name
+    from pipelines.aws.hosting import resource_name
 
     name = resource_name("e" * 70, 123, datetime(2026, 5, 1, 12, 0, 0, tzinfo=timezone.utc))
     assert len(name) <= 63 and name.endswith("-v123-20260501-120000")
@@ -226,7 +226,7 @@ def test_resource_names_fit_sagemaker_limits():
 
 
 def test_describe_endpoint_of_an_absent_endpoint_is_none(sm):
-    from pipelines.hosting import SageMakerHosting
+    from pipelines.aws.hosting import SageMakerHosting
 
     host = SageMakerHosting(REGION)
     assert host.describe_endpoint("nope") is None and host.list_endpoints() == []

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from endpoint_helpers import REPO, archive, trained_model, valid_images
-from pipelines.hosting import HostingError
+from pipelines.backends import HostingError
 from pipelines.local.hosting import LocalHosting, http_get, process_alive
 from pipelines.local.object_store import ObjectStore
 from pipelines.settings import Settings

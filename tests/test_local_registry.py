@@ -7,7 +7,8 @@ import sqlite3
 import pytest
 
 from pipelines.local.object_store import ObjectStore
-from pipelines.local.registry import LocalModelRegistry, RegistryError
+from pipelines.backends import RegistryError
+from pipelines.local.registry import LocalModelRegistry
 from pipelines.local.sagemaker_api import LocalSageMaker
 from pipelines.settings import Settings
 

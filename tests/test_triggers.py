@@ -1,4 +1,4 @@
-"""pipelines/triggers.py against moto (EventBridge, Scheduler, IAM, SageMaker): the approval rule's
+"""pipelines/aws/triggers.py against moto (EventBridge, Scheduler, IAM, SageMaker): the approval rule's
 pattern and target, least-privilege roles, the retraining schedule, and idempotence."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 from awsfakes import fake_aws
 
-from pipelines.triggers import TriggerError, TriggerSettings, apply_triggers
+from pipelines.aws.triggers import TriggerError, TriggerSettings, apply_triggers
 
 REGION = "us-east-1"
 GROUP = "imgpipe-p-1"

@@ -1,7 +1,7 @@
 """The local event bus: what EventBridge does for the model registry on AWS.
 
 On AWS, updating a model package's approval emits a ``SageMaker Model Package State Change``
-event and the approval rule of :mod:`pipelines.triggers` starts the deploy pipeline with the
+event and the approval rule of :mod:`pipelines.aws.triggers` starts the deploy pipeline with the
 package's ``ModelPackageGroupName``. Locally:
 
 - :func:`model_package_event` builds the same event (EventBridge envelope, DescribeModelPackage
@@ -40,7 +40,7 @@ DETAIL_TYPE = "SageMaker Model Package State Change"
 DEPLOY_PIPELINE_MODULE = "pipelines.deploy_pipeline"
 DEPLOY_PIPELINE_NAME = "ImgpipeDeploy"
 ENV_DEPLOY_PARAMETERS = "IMGPIPE_DEPLOY_PARAMETERS"
-# The approval rule's event pattern (the same one pipelines.triggers puts on EventBridge).
+# The approval rule's event pattern (the same one pipelines.aws.triggers puts on EventBridge).
 APPROVAL_PATTERN = {
     "source": [SOURCE],
     "detail-type": [DETAIL_TYPE],

@@ -1,6 +1,6 @@
 """Local hosting: SageMaker-style endpoints as real HTTP server processes on this machine.
 
-:class:`LocalHosting` implements :class:`pipelines.hosting.Hosting`. Each endpoint is one
+:class:`LocalHosting` implements :class:`pipelines.backends.Hosting`. Each endpoint is one
 ``inference/serve.py`` process (waitress, SageMaker's ``GET /ping`` + ``POST /invocations``
 contract, bound to 127.0.0.1 by default) running ``inference/inference.py`` on the package's
 ``model.tar.gz``. The process is detached (its own session, output to a log file), so it keeps
@@ -52,7 +52,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from pipelines.hosting import HostingError
+from pipelines.backends import HostingError
 from pipelines.local.object_store import ObjectStore
 from pipelines.settings import Settings
 
@@ -171,7 +171,7 @@ def http_get(host: str, port: int, path: str, timeout: float = 5.0) -> tuple[int
 
 
 class LocalHosting:
-    """:class:`pipelines.hosting.Hosting` with local server processes (see the module doc)."""
+    """:class:`pipelines.backends.Hosting` with local server processes (see the module doc)."""
 
     def __init__(self, settings: Settings, *, port: Optional[int] = None, host: Optional[str] = None,
                  start_timeout: float = START_TIMEOUT, data_capture_url: Optional[str] = None):

@@ -13,13 +13,13 @@ import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterator, Optional
 
+from pipelines.backends import RegistryError, check_approval_status
 from pipelines.local.object_store import ObjectStore
 from pipelines.settings import Settings
 
 ACCOUNT_ID = "000000000000"
-APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS registry_groups (
     name TEXT PRIMARY KEY,
@@ -51,19 +51,6 @@ CREATE INDEX IF NOT EXISTS registry_packages_group ON registry_packages (group_n
 """
 
 
-class RegistryError(ValueError):
-    """An unknown package, a bad approval status, or unreadable model metrics."""
-
-
-class ModelRegistry(Protocol):
-    """What the CLI needs from a model registry (local SQLite or SageMaker)."""
-
-    def list_packages(self, group: Optional[str] = None, status: Optional[str] = None) -> list[dict]: ...
-    def describe(self, version_or_arn: str, group: Optional[str] = None) -> dict: ...
-    def update_approval(self, version_or_arn: str, status: str, reason: str = "", group: Optional[str] = None) -> dict: ...
-    def latest_approved(self, group: str) -> Optional[dict]: ...
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
@@ -73,7 +60,7 @@ def _loads(text: Optional[str]) -> Any:
 
 
 class LocalModelRegistry:
-    """SageMaker's model registry, kept in ``settings.db_path``."""
+    """SageMaker's model registry, kept in ``settings.db_path``: a :class:`pipelines.backends.ModelRegistry`."""
 
     def __init__(self, settings: Settings, store: Optional[ObjectStore] = None,
                  on_approval_change: Optional[Callable[[dict], Any]] = None):
@@ -112,7 +99,7 @@ class LocalModelRegistry:
         if not group:
             raise RegistryError("only versioned model packages (ModelPackageGroupName) are supported locally")
         approval = request.get("ModelApprovalStatus") or "PendingManualApproval"
-        _check_status(approval)
+        check_approval_status(approval)
         spec = request.get("InferenceSpecification") or {}
         containers = spec.get("Containers") or []
         metrics_uri, metrics_content = self._read_metrics(request.get("ModelMetrics") or {})
@@ -152,7 +139,7 @@ class LocalModelRegistry:
 
     def update_approval(self, version_or_arn: str, status: str, reason: str = "", group: Optional[str] = None) -> dict:
         """UpdateModelPackage: set ModelApprovalStatus (and ApprovalDescription)."""
-        _check_status(status)
+        check_approval_status(status)
         arn = self._resolve(version_or_arn, group)
         with self._connect() as conn:
             conn.execute(
@@ -174,7 +161,7 @@ class LocalModelRegistry:
     def list_packages(self, group: Optional[str] = None, status: Optional[str] = None) -> list[dict]:
         """Packages newest first, optionally of one group and/or one approval status."""
         if status is not None:
-            _check_status(status)
+            check_approval_status(status)
         sql, args = "SELECT * FROM registry_packages WHERE 1=1", []
         if group:
             sql, args = sql + " AND group_name = ?", args + [group]
@@ -225,11 +212,6 @@ def _int(text: str, ref: str) -> int:
         return int(text)
     except ValueError:
         raise RegistryError(f"not a model package version or ARN: {ref!r}") from None
-
-
-def _check_status(status: str) -> None:
-    if status not in APPROVAL_STATUSES:
-        raise RegistryError(f"approval status must be one of {', '.join(APPROVAL_STATUSES)}, not {status!r}")
 
 
 def _describe(row: sqlite3.Row) -> dict:

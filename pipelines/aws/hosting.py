@@ -1,12 +1,12 @@
-"""Model hosting: the :class:`Hosting` interface and its SageMaker (boto3) implementation.
+"""Model hosting on SageMaker real-time endpoints (boto3): :class:`SageMakerHosting`.
 
-``pipelines.local.hosting.LocalHosting`` implements the same interface on this machine. The
-deploy pipeline's steps (``steps/deploy.py``, ``steps/smoke_test.py``) and the CLI talk to the
-interface only.
+It implements :class:`pipelines.backends.Hosting`, as ``pipelines.local.hosting.LocalHosting``
+does on this machine. The deploy pipeline's steps (``steps/deploy.py``,
+``steps/check_endpoint.py``) and the CLI pick one through :func:`pipelines.backends.get_hosting`.
 
-This module is shipped into the deploy pipeline's processing jobs next to the step scripts
-(``dependencies`` of the step, see :mod:`pipelines.deploy_pipeline`): it imports only the
-standard library and boto3/botocore, never other ``pipelines`` modules.
+This module is shipped into the deploy pipeline's processing jobs next to the step scripts, as
+``aws/hosting.py`` (see :mod:`pipelines.aws`): it imports only the standard library,
+boto3/botocore and the backends module.
 
 SageMaker deployment, in :meth:`SageMakerHosting.deploy`:
 
@@ -26,30 +26,16 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Sequence
+
+if __package__ == "aws":  # the deploy steps' container: backends.py shipped next to this package
+    from backends import HostingError
+else:
+    from pipelines.backends import HostingError
 
 VARIANT_NAME = "AllTraffic"  # blue/green updates need the same variant name in both configs
 TRANSITIONAL_STATUSES = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
 NAME_LIMIT = 63  # model, endpoint config and endpoint names: [a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}
-
-
-class HostingError(RuntimeError):
-    """A deployment or an invocation failed (``status_code``: the HTTP status, when known)."""
-
-    def __init__(self, message: str, status_code: Optional[int] = None):
-        super().__init__(message)
-        self.status_code = status_code
-
-
-class Hosting(Protocol):
-    """What the deploy pipeline and the CLI need from a model host (SageMaker or local)."""
-
-    def deploy(self, endpoint_name: str, model_package: dict, *, instance_type: str,
-               instance_count: int, data_capture_percent: int) -> dict: ...
-    def describe_endpoint(self, endpoint_name: str) -> Optional[dict]: ...
-    def list_endpoints(self) -> list[dict]: ...
-    def delete_endpoint(self, endpoint_name: str) -> None: ...
-    def invoke(self, endpoint_name: str, body: bytes, content_type: str) -> Any: ...
 
 
 def resource_name(endpoint_name: str, version: Any, now: Optional[datetime] = None) -> str:
@@ -64,7 +50,7 @@ def _error_code(exc: Exception) -> str:
 
 
 class SageMakerHosting:
-    """:class:`Hosting` on SageMaker real-time endpoints (boto3).
+    """:class:`pipelines.backends.Hosting` on SageMaker real-time endpoints (boto3).
 
     Args:
         region: AWS region (ignored when ``sagemaker_client``/``runtime_client`` are given).

@@ -2,7 +2,7 @@
 
 ::
 
-    python smoke_test.py --endpoint-name E --test-dir /opt/ml/processing/test \
+    python check_endpoint.py --endpoint-name E --test-dir /opt/ml/processing/test \
         --min-accuracy 0.8 [--max-images 200] [--region R] \
         [--deploy-action Updated --previous-package-arn ARN --instance-type ml.m5.large \
          --instance-count 1 --data-capture-percent 20 --data-capture-url s3://b/p/data-capture \

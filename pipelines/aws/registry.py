@@ -1,34 +1,29 @@
-"""The SageMaker model registry behind the ``ModelRegistry`` interface (boto3).
+"""The SageMaker model registry behind :class:`pipelines.backends.ModelRegistry` (boto3).
 
 Same interface as ``pipelines.local.registry.LocalModelRegistry`` (``list_packages``,
 ``describe``, ``update_approval``, ``latest_approved``) and the same DescribeModelPackage-shaped
 results, plus the fields the local registry adds: ``ModelDataUrl`` and, where the package's
 model quality statistics can be read from S3, ``EvaluationMetrics`` / ``EvaluationMetricsUri``.
 
-Shipped into the deploy pipeline's processing job next to ``steps/deploy.py``: it imports only
-the standard library and boto3/botocore, never other ``pipelines`` modules.
+Shipped into the deploy pipeline's processing jobs next to the step scripts, as
+``aws/registry.py`` (see :mod:`pipelines.aws`): it imports only the standard library,
+boto3/botocore and the backends module.
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Optional
 
-APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
-
-
-class RegistryError(ValueError):
-    """An unknown or ambiguous package reference, or a bad approval status."""
+if __package__ == "aws":  # the deploy steps' container: backends.py shipped next to this package
+    from backends import RegistryError, check_approval_status
+else:
+    from pipelines.backends import RegistryError, check_approval_status
 
 
 def newest_first(summaries: list[dict]) -> list[dict]:
     """Packages sorted newest first: creation time, then version (never the API's order)."""
     return sorted(summaries, key=lambda p: (p["CreationTime"], p.get("ModelPackageVersion", 0)),
                   reverse=True)
-
-
-def _check_status(status: str) -> None:
-    if status not in APPROVAL_STATUSES:
-        raise RegistryError(f"approval status must be one of {', '.join(APPROVAL_STATUSES)}, not {status!r}")
 
 
 class SageMakerModelRegistry:
@@ -53,7 +48,7 @@ class SageMakerModelRegistry:
         else:
             kwargs["ModelPackageType"] = "Versioned"
         if status is not None:
-            _check_status(status)
+            check_approval_status(status)
             kwargs["ModelApprovalStatus"] = status
         summaries = []
         for page in self.sm.get_paginator("list_model_packages").paginate(**kwargs):
@@ -93,7 +88,7 @@ class SageMakerModelRegistry:
     def update_approval(self, version_or_arn: str, status: str, reason: str = "",
                         group: Optional[str] = None) -> dict:
         """UpdateModelPackage: ModelApprovalStatus (and ApprovalDescription)."""
-        _check_status(status)
+        check_approval_status(status)
         arn = self._resolve(version_or_arn, group)
         request = {"ModelPackageArn": arn, "ModelApprovalStatus": status}
         if reason:

@@ -1,9 +1,10 @@
 """``imgpipe endpoints list|delete`` and ``imgpipe predict``: endpoints, local or SageMaker's.
 
-Every command talks to the hosting interface (:class:`pipelines.hosting.Hosting`):
-:class:`pipelines.local.hosting.LocalHosting` (``--backend local``, the default: server
-processes on this machine, started by the deploy pipeline when a package is approved) or
-:class:`pipelines.hosting.SageMakerHosting` (``--backend aws``).
+Every command talks to the hosting interface (:class:`pipelines.backends.Hosting`) that
+:func:`pipelines.backends.get_hosting` picks: ``pipelines.local.hosting.LocalHosting``
+(``--backend local``, the default: server processes on this machine, started by the deploy
+pipeline when a package is approved) or ``pipelines.aws.hosting.SageMakerHosting``
+(``--backend aws``).
 
 ``imgpipe predict --endpoint NAME IMAGE...`` sends each image (its bytes, with the content type
 of its file) and prints a top-k table per image. An image the endpoint refuses (not an image,
@@ -18,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from pipelines import backends
+from pipelines.backends import BACKENDS, HostingError
 from pipelines.local.progress import format_table
 from pipelines.settings import Settings
 
@@ -25,23 +28,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 
 
-def _local_hosting(args: argparse.Namespace) -> Any:
-    from pipelines.local.hosting import LocalHosting
-
-    return LocalHosting(Settings(home=Path(args.home)) if args.home else Settings())
-
-
-def _aws_hosting(args: argparse.Namespace) -> Any:
-    from pipelines.hosting import SageMakerHosting
-
-    return SageMakerHosting(args.region)
-
-
-HOSTING_BACKENDS: dict[str, Callable[[argparse.Namespace], Any]] = {"local": _local_hosting, "aws": _aws_hosting}
-
-
 def get_hosting(args: argparse.Namespace) -> Any:
-    return HOSTING_BACKENDS[args.backend](args)
+    """The host of ``--backend`` (local state under ``--home``, AWS in ``--region``)."""
+    settings = Settings(home=Path(args.home)) if args.home else Settings()
+    return backends.get_hosting(args.backend, region=args.region, settings=settings)
 
 
 def _error(message: str, code: int = EXIT_USAGE) -> int:
@@ -51,8 +41,6 @@ def _error(message: str, code: int = EXIT_USAGE) -> int:
 
 def _guard(action: Callable[[], int]) -> int:
     """Run ``action``; hosting and AWS errors as one line on stderr."""
-    from pipelines.hosting import HostingError
-
     try:
         return action()
     except HostingError as exc:
@@ -115,8 +103,6 @@ def prediction_rows(answer: Any, top_k: int) -> list[list[Any]]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pipelines.hosting import HostingError
-
     if args.top_k < 1:
         return _error("--top-k must be at least 1")
     paths = [Path(p) for p in args.images]
@@ -151,7 +137,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # -- wiring ----------------------------------------------------------------------------------
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=sorted(HOSTING_BACKENDS), default="local",
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
                         help="local server processes (default) or aws (SageMaker endpoints)")
     parser.add_argument("--home", help="local state directory (default: $IMGPIPE_HOME or ./.imgpipe)")
     parser.add_argument("--region", help="AWS region (aws backend; default: boto3's configuration)")
