@@ -33,6 +33,7 @@ from pipelines.common import utc_iso
 from pipelines.local.expressions import (
     Context,
     ExpressionError,
+    as_number,
     evaluate_conditions,
     read_property_file,
     resolve,
@@ -174,14 +175,10 @@ def _convert(name: str, kind: str, value: Any) -> Any:
             return int(value)
         raise bad
     if kind == "Float":
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
+        number = as_number(value)
+        if number is None:
+            raise bad
+        return number
     raise ParameterError(f"parameter {name!r} has unknown type {kind!r}")
 
 
