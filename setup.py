@@ -30,7 +30,9 @@ INSTALL_REQUIRES = [
 setup(
     name="imgpipe",
     version="0.1.0",
-    description=__doc__,
+    description="Image classification on SageMaker Pipelines, runnable end to end offline.",
+    long_description=__doc__,
+    long_description_content_type="text/plain",
     python_requires=">=3.10,<3.13",
     packages=["pipelines", "pipelines.aws", "pipelines.local", "imgclf"],
     package_dir={"imgclf": "training/imgclf"},

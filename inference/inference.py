@@ -4,7 +4,7 @@ Runs inside SageMaker's PyTorch inference container (sagemaker-inference toolkit
 ``imgclf`` shipped beside it, and in the project's local server. It imports only the
 standard library, torch, PIL and ``imgclf``.
 
-Contract (DESIGN.md "Inference contract", docs/contracts.md):
+Contract (docs/architecture.md "Inference contract", docs/contracts.md):
 
 - ``model_fn(model_dir)`` loads the artifact (``model.pth`` state_dict read with
   ``weights_only=True`` + ``model.json``; a directory holding only ``model.tar.gz`` is

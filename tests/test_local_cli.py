@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def imgpipe(*args, home, timeout=300):
-    env = {**os.environ, "IMGPIPE_HOME": str(home), "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}
+    env = {**os.environ, "IMGPIPE_HOME": str(home)}
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

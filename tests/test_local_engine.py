@@ -19,6 +19,7 @@ from pipelines.local.engine import (
     DefinitionError,
     Engine,
     ParameterError,
+    check_definition,
     failure_types,
     flatten_steps,
     job_name,
@@ -137,6 +138,20 @@ def test_flatten_and_order_and_cycle():
         topological_order(flatten_steps(cyclic))
     with pytest.raises(DefinitionError, match="Ghost"):
         flatten_steps(definition([processing("X", depends_on=["Ghost"])]))
+
+
+def test_check_definition_orders_steps_and_types_parameters():
+    d = definition([processing("B", depends_on=["A"]), processing("A")], Threshold=0.5, Epochs=2, Flag=True)
+    nodes, values = check_definition(d, {"Threshold": "0.75", "Flag": "false"})
+    assert topological_order(nodes) == ["A", "B"]
+    assert values == {"Threshold": 0.75, "Epochs": 2, "Flag": False}
+    with pytest.raises(ParameterError, match="Threshold.*Float.*'high'"):
+        check_definition(d, {"Threshold": "high"})
+    with pytest.raises(ParameterError, match="Threshold.*Float"):
+        check_definition(d, {"Threshold": True})
+    cyclic = definition([processing("X", depends_on=["Y"]), processing("Y", depends_on=["X"])])
+    with pytest.raises(DefinitionError, match="cycle"):
+        check_definition(cyclic, {})
 
 
 def test_helpers():

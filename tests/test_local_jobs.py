@@ -13,8 +13,6 @@ from types import SimpleNamespace
 
 import pytest
 
-os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-
 from pipelines.datasets import sample_dataset
 from pipelines.local.jobs import PathMapper, decode_hyperparameter, to_cmd_args
 from pipelines.local.object_store import ObjectStore

@@ -264,11 +264,8 @@ def load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> Optional[dict[st
     return state
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    set_seed(args.seed)
-    if args.workers > 0:
-        torch.set_num_threads(args.workers)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def load_data(args: argparse.Namespace, device: torch.device) -> tuple[list[str], list, Any, Any]:
+    """(classes, train samples, train batches, valid batches); train and valid must have the same classes."""
     classes, train_samples = list_image_folder(args.train_dir)
     valid_classes, valid_samples = list_image_folder(args.valid_dir)
     if valid_classes != classes:
@@ -281,6 +278,61 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     train_batches = make_loader(train_samples, args.image_size, args.batch_size, True, cache_bytes, args.workers, args.seed)
     valid_batches = make_loader(valid_samples, args.image_size, 256, False, cache_bytes, args.workers)
     print(f"images ready in {time.perf_counter() - loader_start:.1f}s", flush=True)
+    return classes, train_samples, train_batches, valid_batches
+
+
+def restore_checkpoint(state: dict[str, Any], model: nn.Module, optimizer: Any, scheduler: Any,
+                       generator: torch.Generator, scaler: Any) -> None:
+    """Model, optimizer, scheduler, shuffling generator and gradient scaler as the checkpoint left them."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    print(f"resumed from checkpoint after epoch {state['epoch']}", flush=True)
+
+
+def epoch_record(epoch: int, train_stats: dict[str, float], valid_stats: dict[str, float]) -> dict[str, float]:
+    """One epoch's line of ``history.json``, also printed (the metric definitions parse it)."""
+    record = {
+        "epoch": epoch,
+        "train_loss": train_stats["loss"], "train_accuracy": train_stats["accuracy"],
+        "valid_loss": valid_stats["loss"], "valid_accuracy": valid_stats["accuracy"],
+        "epoch_seconds": train_stats["seconds"] + valid_stats["seconds"],
+        "images_per_second": train_stats["images"] / train_stats["seconds"],
+    }
+    print(
+        f"epoch={epoch} train_loss={record['train_loss']:.4f} train_accuracy={record['train_accuracy']:.4f} "
+        f"valid_loss={record['valid_loss']:.4f} valid_accuracy={record['valid_accuracy']:.4f} "
+        f"epoch_seconds={record['epoch_seconds']:.1f} images_per_second={record['images_per_second']:.1f}",
+        flush=True,
+    )
+    return record
+
+
+def model_meta(args: argparse.Namespace, classes: list[str], best: dict[str, Any], epochs_run: int,
+               train_images: int) -> dict[str, Any]:
+    """``model.json`` of the model artifact contract (docs/contracts.md)."""
+    hyperparameters = {k: v for k, v in vars(args).items() if not k.endswith("_dir") and k not in ("workers", "cache_limit_mb")}
+    return {
+        "arch": args.arch,
+        "classes": classes,
+        "image_size": args.image_size,
+        "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "hyperparameters": hyperparameters,
+        "metrics": {"valid_accuracy": best["valid_accuracy"], "valid_loss": best["valid_loss"], "best_epoch": best["epoch"],
+                    "epochs_run": epochs_run, "train_images": train_images},
+        "framework": {"torch": torch.__version__, "torchvision": torchvision.__version__},
+    }
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    set_seed(args.seed)
+    if args.workers > 0:
+        torch.set_num_threads(args.workers)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    classes, train_samples, train_batches, valid_batches = load_data(args, device)
 
     model = build_model(args.arch, len(classes), args.pretrained, args.weights_dir, args.freeze_backbone).to(device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
@@ -301,15 +353,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     start_epoch = 1
     resumed = load_checkpoint(checkpoint_path, fingerprint)
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        generator.set_state(resumed["generator"])
-        if scaler is not None and resumed.get("scaler"):
-            scaler.load_state_dict(resumed["scaler"])
+        restore_checkpoint(resumed, model, optimizer, scheduler, generator, scaler)
         history, best, best_state = resumed["history"], resumed["best"], resumed["best_model"]
         start_epoch = resumed["epoch"] + 1
-        print(f"resumed from checkpoint after epoch {resumed['epoch']}", flush=True)
 
     hook = DebuggerHook(model, loss_fn)
     epochs_without_improvement = start_epoch - 1 - best["epoch"] if best["epoch"] else 0
@@ -320,20 +366,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         hook.set_mode(train=False)
         model.eval()
         valid_stats = run_epoch(model, valid_batches, loss_fn, device, amp_dtype=amp_dtype)
-        record = {
-            "epoch": epoch,
-            "train_loss": train_stats["loss"], "train_accuracy": train_stats["accuracy"],
-            "valid_loss": valid_stats["loss"], "valid_accuracy": valid_stats["accuracy"],
-            "epoch_seconds": train_stats["seconds"] + valid_stats["seconds"],
-            "images_per_second": train_stats["images"] / train_stats["seconds"],
-        }
+        record = epoch_record(epoch, train_stats, valid_stats)
         history.append(record)
-        print(
-            f"epoch={epoch} train_loss={record['train_loss']:.4f} train_accuracy={record['train_accuracy']:.4f} "
-            f"valid_loss={record['valid_loss']:.4f} valid_accuracy={record['valid_accuracy']:.4f} "
-            f"epoch_seconds={record['epoch_seconds']:.1f} images_per_second={record['images_per_second']:.1f}",
-            flush=True,
-        )
         if record["valid_accuracy"] > best["valid_accuracy"]:
             best = {"valid_accuracy": record["valid_accuracy"], "valid_loss": record["valid_loss"], "epoch": epoch}
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -353,17 +387,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if best_state is not None:
         model.load_state_dict(best_state)
     print(f"final best_epoch={best['epoch']} valid_loss={best['valid_loss']:.4f} valid_accuracy={best['valid_accuracy']:.4f}", flush=True)
-    hyperparameters = {k: v for k, v in vars(args).items() if not k.endswith("_dir") and k not in ("workers", "cache_limit_mb")}
-    meta = {
-        "arch": args.arch,
-        "classes": classes,
-        "image_size": args.image_size,
-        "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "hyperparameters": hyperparameters,
-        "metrics": {"valid_accuracy": best["valid_accuracy"], "valid_loss": best["valid_loss"], "best_epoch": best["epoch"],
-                    "epochs_run": len(history), "train_images": len(train_samples)},
-        "framework": {"torch": torch.__version__, "torchvision": torchvision.__version__},
-    }
+    meta = model_meta(args, classes, best, epochs_run=len(history), train_images=len(train_samples))
     save_model(args.model_dir, model, meta)
     Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.output_data_dir) / "history.json").write_text(json.dumps(history, indent=2))

@@ -9,7 +9,6 @@ the local engine, showing progress and a summary. Exit codes: 0 succeeded, 1 fai
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import inspect
 import json
@@ -18,29 +17,23 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
+from pipelines.common import DEFAULT_PIPELINE_MODULE, UsageError, quiet_loggers
 from pipelines.local.engine import (
     DefinitionError,
     Engine,
     ExecutionResult,
     ParameterError,
-    flatten_steps,
-    topological_order,
-    validate_parameters,
+    check_definition,
 )
 from pipelines.local.object_store import ObjectStore
 from pipelines.local.progress import Progress, format_duration, format_table, rule_rows, steps_table, summary
 from pipelines.local.records import Records
 from pipelines.settings import Settings
 
-DEFAULT_PIPELINE_MODULE = "pipelines.pipeline"
 DATA_PARAMETER = "InputDataUrl"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
-
-
-class UsageError(ValueError):
-    """Bad input to a command: reported with exit code 2 before anything runs."""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -122,32 +115,19 @@ def _load_definition(args: argparse.Namespace, settings: Settings, store: Object
 
     full = {"region": settings.region, "role": settings.role_arn,
             "default_bucket": settings.default_bucket, **kwargs}
-    with _quiet_loggers("sagemaker", "botocore", "boto3"):
+    with quiet_loggers("sagemaker", "botocore", "boto3"):
         definition = build_definition(module_name=args.pipeline_module, kwargs=full, store=store, settings=settings)
     return definition, _pipeline_name(args.pipeline_module, kwargs)
 
 
-@contextlib.contextmanager
-def _quiet_loggers(*names: str, level: int = logging.ERROR) -> Iterator[None]:
-    """The SDK's INFO/WARNING chatter while the definition is built (it is not the user's)."""
-    loggers = [logging.getLogger(n) for n in names]
-    saved = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(level)
-    try:
-        yield
-    finally:
-        for lg, old in zip(loggers, saved):
-            lg.setLevel(old)
-
-
-def _check_parameters(definition: dict, values: dict) -> None:
-    """Names and types against the definition (the data URL is checked with a stand-in)."""
+def _check_definition(definition: dict, values: dict) -> None:
+    """The engine's check of the steps and parameters, before the data is uploaded (the data
+    URL, filled in after the upload, is checked with a stand-in)."""
     declared = {p["Name"] for p in definition.get("Parameters", [])}
     probe = dict(values)
     if DATA_PARAMETER in declared and DATA_PARAMETER not in probe:
         probe[DATA_PARAMETER] = "s3://placeholder/data"
-    validate_parameters(definition, probe)
+    check_definition(definition, probe)
 
 
 def _resolve_data(args: argparse.Namespace, settings: Settings, values: dict, declared: set[str]) -> Optional[Path]:
@@ -188,8 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError("--pipeline-kwargs must be a JSON object")
         store = ObjectStore(settings.s3_root)
         definition, pipeline_name = _load_definition(args, settings, store, kwargs)
-        topological_order(flatten_steps(definition))
-        _check_parameters(definition, values)
+        _check_definition(definition, values)
         declared = {p["Name"] for p in definition.get("Parameters", [])}
         data_dir = _resolve_data(args, settings, values, declared)
         _check_data_dir(data_dir)

@@ -17,16 +17,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-RULE_STATUSES = ("NoIssuesFound", "IssuesFound", "Error")
+from pipelines.common import utc_now_iso
+
 _LOGGER_NAMES = ("smdebug",)
 
 
@@ -462,7 +461,7 @@ class RuleResult:
             "RuleConfigurationName": self.name,
             "RuleEvaluationStatus": self.status,
             "StatusDetails": self.details,
-            "LastModifiedTime": datetime.now(timezone.utc).isoformat(),
+            "LastModifiedTime": utc_now_iso(),
         }
         if self.arn:
             status["RuleEvaluationJobArn"] = self.arn
@@ -546,14 +545,3 @@ def evaluate_rules(configs: list[dict], tensors_dir: str | Path,
         arn = arn_for(str(config.get("RuleConfigurationName"))) if arn_for else None
         results.append(evaluate_rule(config, trial, arn).as_status())
     return results
-
-
-def rule_verdict_lines(statuses: list[dict]) -> list[str]:
-    """``Name  Status  details`` lines for the CLI."""
-    return [f"{s.get('RuleConfigurationName')}: {s.get('RuleEvaluationStatus')}"
-            + (f" ({_one_line(s.get('StatusDetails'))})" if s.get("StatusDetails") else "") for s in statuses]
-
-
-def _one_line(text: Any, width: int = 160) -> str:
-    flat = re.sub(r"\s+", " ", str(text or "")).strip()
-    return flat if len(flat) <= width else flat[: width - 3] + "..."

@@ -27,12 +27,13 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping, Optional
 
+from pipelines.common import utc_iso
 from pipelines.local.expressions import (
     Context,
     ExpressionError,
+    as_number,
     evaluate_conditions,
     read_property_file,
     resolve,
@@ -49,7 +50,6 @@ JOB_STEPS = {
     "Training": ("run_training_job", "TrainingJobStatus", 63),
     "Tuning": ("run_tuning_job", "HyperParameterTuningJobStatus", 32),
 }
-CACHEABLE_TYPES = tuple(JOB_STEPS)
 SUPPORTED_TYPES = tuple(JOB_STEPS) + ("Condition", "Fail", "RegisterModel", "Model")
 # Failure reasons that name an error class a retry policy can match.
 FAILURE_TYPES = (
@@ -59,7 +59,6 @@ FAILURE_TYPES = (
     ("Step.SERVICE_FAULT", re.compile(r"ServiceFault|service fault|SERVICE_FAULT", re.I)),
     ("Step.THROTTLING", re.compile(r"Throttl", re.I)),
 )
-PARAMETER_TYPES = ("String", "Integer", "Float", "Boolean")
 STOP_WAIT_SECONDS = 30.0  # how long a stop waits for the running job to end
 
 
@@ -176,14 +175,10 @@ def _convert(name: str, kind: str, value: Any) -> Any:
             return int(value)
         raise bad
     if kind == "Float":
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
+        number = as_number(value)
+        if number is None:
+            raise bad
+        return number
     raise ParameterError(f"parameter {name!r} has unknown type {kind!r}")
 
 
@@ -210,6 +205,15 @@ def validate_parameters(definition: dict, values: Optional[Mapping[str, Any]]) -
             raise ParameterError(f"parameter {name!r} must be one of {', '.join(map(str, enum))}, not {value!r}")
         resolved[name] = value
     return resolved
+
+
+def check_definition(definition: dict, parameters: Optional[Mapping[str, Any]]) -> tuple[dict[str, StepNode], dict]:
+    """The definition's steps (checked to run in an order: no cycle, no unknown reference) and
+    its parameters (names and types checked, defaults filled in). Raises
+    :class:`DefinitionError` / :class:`ParameterError`; the one check before anything runs."""
+    nodes = flatten_steps(definition)
+    topological_order(nodes)
+    return nodes, validate_parameters(definition, parameters)
 
 
 # -- small helpers ------------------------------------------------------------------
@@ -296,10 +300,6 @@ def retry_delay(policies: list, failure: set[str], retries_done: int, elapsed: f
     return None
 
 
-def _utc_iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 # -- results -----------------------------------------------------------------------
 @dataclass
 class ExecutionResult:
@@ -348,7 +348,7 @@ def expression_context(definition: dict, parameters: Mapping[str, Any], steps: M
         property_files={n: node.spec.get("PropertyFiles") or [] for n, node in nodes.items()},
         read_json=lambda uri: json.loads(store.path(uri).read_text()),
         symbolic_execution=symbolic_execution,
-        now=lambda: _utc_iso(time.time()),
+        now=lambda: utc_iso(time.time()),
     )
 
 
@@ -417,9 +417,7 @@ class Engine:
     def run(self, definition: dict, parameters: Optional[Mapping[str, Any]] = None,
             pipeline_name: str = "ImagePipeline", execution_id: Optional[str] = None) -> ExecutionResult:
         """Validate parameters, then execute ``definition`` as a new execution."""
-        nodes = flatten_steps(definition)
-        topological_order(nodes)
-        values = validate_parameters(definition, parameters)
+        nodes, values = check_definition(definition, parameters)
         execution_id = execution_id or new_execution_id()
         arn = f"{pipeline_arn(self.settings, pipeline_name)}/execution/{execution_id}"
         self.records.create_execution(execution_id, arn, pipeline_name, definition, values, time.time())
@@ -509,7 +507,7 @@ class Engine:
         execution = {
             "PipelineExecutionId": record.id,
             "PipelineExecutionArn": record.arn,
-            "StartDateTime": _utc_iso(record.start_time),
+            "StartDateTime": utc_iso(record.start_time),
             "PipelineName": record.pipeline_name,
             "PipelineArn": pipeline_arn(self.settings, record.pipeline_name),
         }
@@ -711,9 +709,3 @@ def run_pipeline(definition: dict, parameters: Optional[Mapping[str, Any]], sett
     """Execute ``definition`` with ``parameters`` locally and return the recorded result."""
     engine = Engine(settings, on_event=on_event, sagemaker_factory=sagemaker_factory)
     return engine.run(definition, parameters, pipeline_name=pipeline_name)
-
-
-def retry_execution(execution_id: str, settings: Settings, on_event: Optional[EventCallback] = None,
-                    sagemaker_factory: Optional[Callable[..., Any]] = None) -> ExecutionResult:
-    """Retry a failed or stopped execution (``imgpipe executions retry``)."""
-    return Engine(settings, on_event=on_event, sagemaker_factory=sagemaker_factory).retry(execution_id)

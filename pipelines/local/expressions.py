@@ -250,7 +250,8 @@ def json_get(arg: Any, ctx: Context, where: str = "") -> Any:
     return walk(document, parse_path(str(arg["Path"]), here), what, here)
 
 
-def _number(value: Any) -> Optional[float]:
+def as_number(value: Any) -> Optional[float]:
+    """``value`` as a float (numbers, numeric strings), else None; booleans are not numbers."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
@@ -264,7 +265,7 @@ def _number(value: Any) -> Optional[float]:
 
 
 def _equal(left: Any, right: Any) -> bool:
-    ln, rn = _number(left), _number(right)
+    ln, rn = as_number(left), as_number(right)
     if ln is not None and rn is not None and not (isinstance(left, str) and isinstance(right, str)):
         return ln == rn
     if isinstance(left, bool) or isinstance(right, bool):
@@ -275,7 +276,7 @@ def _equal(left: Any, right: Any) -> bool:
 def _compare(kind: str, left: Any, right: Any, where: str) -> bool:
     if kind == "Equals":
         return _equal(left, right)
-    ln, rn = _number(left), _number(right)
+    ln, rn = as_number(left), as_number(right)
     if ln is None or rn is None:
         if isinstance(left, str) and isinstance(right, str):
             ln, rn = left, right  # type: ignore[assignment]

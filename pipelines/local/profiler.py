@@ -28,6 +28,8 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from pipelines.common import utc_now_iso
+
 NODE_ID = "algo-1"
 FILE_ROTATE_SECONDS = 60.0
 # ProfilerReport's documented defaults, adapted to a local job.
@@ -308,7 +310,7 @@ def profiler_report_status(profiler_dir: str | Path, job_start: Optional[float],
                            name: str = "ProfilerReport") -> tuple[dict, list[dict]]:
     """(a ``ProfilerRuleEvaluationStatuses`` entry, the findings) for a job's profiler output."""
     events = read_system_events(profiler_dir)
-    now = datetime.now(timezone.utc).isoformat()
+    now = utc_now_iso()
     if not events:
         return ({"RuleConfigurationName": name, "RuleEvaluationStatus": "Error", "LastModifiedTime": now,
                  "StatusDetails": f"no system metrics under {profiler_dir}: the profiler recorded nothing"}, [])

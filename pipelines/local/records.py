@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-EXECUTION_STATES = ("Executing", "Succeeded", "Failed", "Stopped")
-STEP_STATES = ("Starting", "Executing", "Succeeded", "Failed", "Stopped", "NotRun")
+from pipelines.common import pid_alive
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS exec_executions (
@@ -119,19 +118,6 @@ class ExecutionRecord:
 
 _JSON_STEP_FIELDS = ("arguments", "properties")
 _STEP_COLUMNS = tuple(StepRecord.__dataclass_fields__)
-
-
-def pid_alive(pid: Optional[int]) -> bool:
-    """Whether a process with ``pid`` exists on this machine."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Records:

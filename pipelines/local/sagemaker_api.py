@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 from typing import Callable, Optional
 
-from pipelines.local import jobs, tuning
+from pipelines.local import processing, training, tuning
+from pipelines.local.jobs import JobContext
 from pipelines.local.object_store import ObjectStore
+from pipelines.local.processes import JobControl
 from pipelines.local.registry import LocalModelRegistry
 from pipelines.settings import Settings
 
@@ -24,8 +26,8 @@ class LocalSageMaker:
                  cores: Optional[int] = None):
         self.settings = settings
         self.store = store
-        self._control = jobs.JobControl()
-        self._ctx = jobs.JobContext(settings, store, cores or os.cpu_count() or 1, on_event, self._control)
+        self._control = JobControl()
+        self._ctx = JobContext(settings, store, cores or os.cpu_count() or 1, on_event, self._control)
         self._registry: Optional[LocalModelRegistry] = None
 
     @property
@@ -34,16 +36,16 @@ class LocalSageMaker:
             self._registry = LocalModelRegistry(self.settings, self.store)
         return self._registry
 
-    def _job_ctx(self) -> jobs.JobContext:
+    def _job_ctx(self) -> JobContext:
         return self._ctx.with_control(self._control.child())
 
     def run_processing_job(self, request: dict, job_name: str) -> dict:
         """CreateProcessingJob request → DescribeProcessingJob-shaped dict."""
-        return jobs.run_processing_job(request, job_name, self._job_ctx())
+        return processing.run_processing_job(request, job_name, self._job_ctx())
 
     def run_training_job(self, request: dict, job_name: str) -> dict:
         """CreateTrainingJob request → DescribeTrainingJob-shaped dict."""
-        return jobs.run_training_job(request, job_name, self._job_ctx())
+        return training.run_training_job(request, job_name, self._job_ctx())
 
     def run_tuning_job(self, request: dict, job_name: str) -> dict:
         """CreateHyperParameterTuningJob request → DescribeHyperParameterTuningJob-shaped dict

@@ -3,7 +3,7 @@
 Strategies: ``Bayesian`` → seeded TPE, ``Random`` → random sampling, ``Grid`` → every
 combination of the categorical/integer ranges, ``Hyperband`` → random sampling with
 optuna's Hyperband pruner over the epochs. Each trial is a local training job
-(``jobs.run_training_job``) named ``<tuning-job>-<NNN>-<hash>``. The objective is read
+(``training.run_training_job``) named ``<tuning-job>-<NNN>-<hash>``. The objective is read
 from the trial's log with the ``MetricDefinitions`` regexes; early stopping ``Auto`` is
 SageMaker's median rule (optuna's MedianPruner on the per-epoch objective).
 """
@@ -22,9 +22,9 @@ from typing import Any, Optional
 
 import optuna
 
-from pipelines.local.jobs import (
-    JobContext, hyperparameter_text, job_arn, now_iso, run_training_job,
-)
+from pipelines.common import quiet_loggers, utc_now_iso
+from pipelines.local.jobs import JobContext, hyperparameter_text, job_arn
+from pipelines.local.training import run_training_job
 
 DEFAULT_SEED = 0
 MEDIAN_STARTUP_TRIALS = 2  # completed trials needed before the median rule can stop one
@@ -142,13 +142,8 @@ def make_study(config: dict, params: list[Param], max_jobs: int) -> tuple[optuna
 
 def _quiet_create_study(**kwargs: Any) -> optuna.Study:
     """``optuna.create_study`` without its INFO line in the engine's progress output."""
-    logger = logging.getLogger("optuna")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
+    with quiet_loggers("optuna", level=logging.WARNING):
         return optuna.create_study(**kwargs)
-    finally:
-        logger.setLevel(level)
 
 
 class _AskTellGridSampler(optuna.samplers.GridSampler):
@@ -251,7 +246,7 @@ class LocalTuner:
         event = {"type": "trial", "job": self.job_name, **event}
         fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("type", "job"))
         with self._log_lock, open(self.log_path, "a", encoding="utf-8") as log:
-            log.write(f"{now_iso()} {fields}\n")
+            log.write(f"{utc_now_iso()} {fields}\n")
         self.ctx.emit(event)
 
     def training_request(self, trial_name: str, sampled: dict[str, str]) -> dict:
@@ -364,7 +359,7 @@ def run_tuning_job(request: dict, job_name: str, ctx: JobContext) -> dict:
     Never raises for a failure: a bad configuration or all trials failing gives
     ``HyperParameterTuningJobStatus: Failed`` with a ``FailureReason``.
     """
-    created = now_iso()
+    created = utc_now_iso()
     job_dir = ctx.settings.jobs_root / job_name
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "tuning.log").unlink(missing_ok=True)
@@ -381,7 +376,7 @@ def run_tuning_job(request: dict, job_name: str, ctx: JobContext) -> dict:
     except (TuningConfigError, KeyError, ValueError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
         return {**describe, "HyperParameterTuningJobStatus": "Failed", "FailureReason": reason,
-                "HyperParameterTuningEndTime": now_iso(), "TrainingJobSummaries": [],
+                "HyperParameterTuningEndTime": utc_now_iso(), "TrainingJobSummaries": [],
                 "TrainingJobStatusCounters": _counters([])[0], "ObjectiveStatusCounters": _counters([])[1]}
     outcomes = tuner.run()
     objective_type = "Maximize" if tuner.maximize else "Minimize"
@@ -392,7 +387,7 @@ def run_tuning_job(request: dict, job_name: str, ctx: JobContext) -> dict:
         "TrainingJobSummaries": summaries,
         "TrainingJobStatusCounters": training_counters,
         "ObjectiveStatusCounters": objective_counters,
-        "HyperParameterTuningEndTime": now_iso(),
+        "HyperParameterTuningEndTime": utc_now_iso(),
         "LocalParallelTrainingJobs": tuner.parallel,
         "LogPath": str(tuner.log_path),
     })

@@ -55,13 +55,8 @@ def get_architecture(name: str) -> Architecture:
 
 def _default_weights(arch: Architecture):
     # V1 everywhere: every listed architecture has it, and it is the file available offline
-    # for MobileNetV2 (DESIGN.md); V2 recipes differ by architecture.
+    # for MobileNetV2 (docs/architecture.md, "Offline weights"); V2 recipes differ by architecture.
     return getattr(torchvision.models, arch.weights_enum).IMAGENET1K_V1
-
-
-def weights_file_name(arch_name: str) -> str:
-    """File name torchvision uses for the default ImageNet weights, e.g. mobilenet_v2-b0353104.pth."""
-    return os.path.basename(_default_weights(get_architecture(arch_name)).url)
 
 
 def _check_hash_prefix(path: Path) -> None:
@@ -102,10 +97,6 @@ def _replace_module(model: nn.Module, dotted: str, new: nn.Module) -> None:
     parent_path, _, child = dotted.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, child, new)
-
-
-def head_of(model: nn.Module, arch_name: str) -> nn.Linear:
-    return model.get_submodule(get_architecture(arch_name).head_path)
 
 
 def build_model(
