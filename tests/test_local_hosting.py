@@ -96,6 +96,13 @@ def test_deployed_by_a_process_that_exits_and_keeps_serving(env):
     assert len(lines) == 5 and lines[3].split()[:2] == [cls, cls]
 
 
+def wait_for(condition, timeout: float = 60.0) -> None:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass (the assertions then tell)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_update_under_load_drops_no_request(env):
     hosting = env["hosting"]
     before = hosting.describe_endpoint(NAME)
@@ -119,11 +126,11 @@ def test_update_under_load_drops_no_request(env):
     for t in threads:
         t.start()
     try:
-        time.sleep(0.5)
+        wait_for(lambda: len(answers) >= 3)  # served before the update (a loaded machine is slow)
         served_before = len(answers)
         result = hosting.deploy(NAME, package(2, env["good"]), instance_type="local", instance_count=1,
                                 data_capture_percent=100)
-        time.sleep(0.5)
+        wait_for(lambda: len(answers) > served_before + 5)  # and served after it
     finally:
         stop.set()
         for t in threads:
