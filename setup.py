@@ -34,7 +34,7 @@ setup(
     long_description=__doc__,
     long_description_content_type="text/plain",
     python_requires=">=3.10,<3.13",
-    packages=["pipelines", "pipelines.aws", "pipelines.local", "imgclf"],
+    packages=["pipelines", "pipelines.aws", "pipelines.local", "pipelines.report", "imgclf"],
     package_dir={"imgclf": "training/imgclf"},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest>=8", "moto[server]>=5,<6"]},

@@ -270,7 +270,8 @@ def apply_triggers(settings: TriggerSettings, session: Any = None) -> list[Chang
 
 # -- imgpipe triggers apply -----------------------------------------------------------------
 def _json_object(text: Optional[str], what: str) -> dict:
-    from pipelines._utils import UsageError, convert_struct
+    from pipelines._utils import convert_struct
+    from pipelines.common import UsageError
 
     value = convert_struct(text, what)
     if value is None:
@@ -299,7 +300,7 @@ def settings_from_args(args: argparse.Namespace) -> TriggerSettings:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from pipelines._utils import UsageError
+    from pipelines.common import UsageError
     from pipelines.run_pipeline import _error_message
 
     if args.backend == "local":

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from pipelines.backends import HostingError
+from pipelines.common import pid_alive, utc_now_iso
 from pipelines.local.object_store import ObjectStore
 from pipelines.settings import Settings
 
@@ -68,10 +69,6 @@ INVOKE_TIMEOUT = 120.0
 LOG_TAIL = 15
 
 _CHILDREN: dict[int, subprocess.Popen] = {}  # servers this process started (reaped when they end)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
 
 
 def _env_int(name: str, default: Optional[int]) -> Optional[int]:
@@ -112,12 +109,8 @@ def process_alive(pid: Optional[int], marker: Optional[str] = None) -> bool:
     if child is not None and child.poll() is not None:
         _CHILDREN.pop(pid, None)
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return False  # another user's process: not our server
     proc = Path(f"/proc/{pid}")
     if proc.is_dir():
         try:
@@ -331,7 +324,7 @@ class LocalHosting:
                 self._kill(new)
                 shutil.rmtree(model_dir, ignore_errors=True)
                 raise HostingError(f"could not activate the new server of {endpoint_name}: {exc}") from None
-            now = _now()
+            now = utc_now_iso()
             state = {
                 "EndpointName": endpoint_name,
                 "EndpointArn": self.endpoint_arn(endpoint_name),

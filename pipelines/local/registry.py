@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from pipelines.backends import RegistryError, check_approval_status
+from pipelines.common import utc_now_iso
 from pipelines.local.object_store import ObjectStore
 from pipelines.settings import Settings
 
@@ -49,10 +49,6 @@ CREATE TABLE IF NOT EXISTS registry_packages (
 );
 CREATE INDEX IF NOT EXISTS registry_packages_group ON registry_packages (group_name, version);
 """
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
 
 
 def _loads(text: Optional[str]) -> Any:
@@ -103,7 +99,7 @@ class LocalModelRegistry:
         spec = request.get("InferenceSpecification") or {}
         containers = spec.get("Containers") or []
         metrics_uri, metrics_content = self._read_metrics(request.get("ModelMetrics") or {})
-        now = _now()
+        now = utc_now_iso()
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -144,7 +140,7 @@ class LocalModelRegistry:
         with self._connect() as conn:
             conn.execute(
                 "UPDATE registry_packages SET approval_status = ?, approval_description = ?, modified = ? WHERE arn = ?",
-                (status, reason or None, _now(), arn),
+                (status, reason or None, utc_now_iso(), arn),
             )
         package = self.describe(arn)
         if self.on_approval_change is not None:
