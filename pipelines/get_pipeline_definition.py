@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+from pipelines.pipeline_args import DEFAULT_MODULE, UsageError, parse_kwargs
 
-DEFAULT_MODULE = "pipelines.pipeline"
 QUIET_LOGGERS = ("sagemaker", "sagemaker.config", "botocore", "boto3", "moto", "urllib3")
 
 
@@ -58,8 +56,6 @@ def add_definition_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_definition(args: argparse.Namespace) -> int:
-    from pipelines._utils import UsageError, parse_kwargs
-
     quiet_sdk(args.verbose)
     try:
         from pipelines.offline import build_definition_json

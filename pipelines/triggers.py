@@ -270,7 +270,7 @@ def apply_triggers(settings: TriggerSettings, session: Any = None) -> list[Chang
 
 # -- imgpipe triggers apply -----------------------------------------------------------------
 def _json_object(text: Optional[str], what: str) -> dict:
-    from pipelines._utils import UsageError, convert_struct
+    from pipelines.pipeline_args import UsageError, convert_struct
 
     value = convert_struct(text, what)
     if value is None:
@@ -281,7 +281,7 @@ def _json_object(text: Optional[str], what: str) -> dict:
 
 
 def settings_from_args(args: argparse.Namespace) -> TriggerSettings:
-    from pipelines._utils import parse_tags
+    from pipelines.pipeline_args import parse_tags
 
     return TriggerSettings(
         model_package_group_name=args.model_package_group,
@@ -299,7 +299,7 @@ def settings_from_args(args: argparse.Namespace) -> TriggerSettings:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from pipelines._utils import UsageError
+    from pipelines.pipeline_args import UsageError
     from pipelines.run_pipeline import _error_message
 
     if args.backend == "local":
