@@ -680,11 +680,8 @@ def get_pipeline(
         code_root: directory holding ``steps/``, ``training/`` and ``inference/``.
     """
     account = resolve_account(region, role, default_bucket, sagemaker_session)
-    params = build_parameters(
-        input_data_url or f"s3://{account.bucket}/{base_job_prefix}/data",
-        processing_instance_type,
-        training_instance_type,
-    )
+    params = build_parameters(input_data_url or f"s3://{account.bucket}/{base_job_prefix}/data",
+                              processing_instance_type, training_instance_type)
     with cached_config_validation():
         ctx = build_context(
             account, params, base_job_prefix=base_job_prefix, framework_version=framework_version,
@@ -692,10 +689,8 @@ def get_pipeline(
             training_instance_type=training_instance_type, enable_caching=enable_caching,
             cache_expire_after=cache_expire_after, use_spot_instances=use_spot_instances,
             max_run_seconds=max_run_seconds, max_wait_seconds=max_wait_seconds,
-            system_monitor_interval_millis=system_monitor_interval_millis,
-        )
-        package = PackageSettings(model_package_group_name, inference_instance_types,
-                                  transform_instance_types)
+            system_monitor_interval_millis=system_monitor_interval_millis)
+        package = PackageSettings(model_package_group_name, inference_instance_types, transform_instance_types)
         prepared = prepare_data_step(ctx)
         tuned = tuning_step(ctx, prepared)
         trained = training_step(ctx, prepared, tuned)

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-import pipelines  # noqa: F401  (first: sets SAGEMAKER_SUPPRESS_V2_WARNING before the SDK loads)
+from pipelines import sdk_workarounds  # first: pipelines sets SAGEMAKER_SUPPRESS_V2_WARNING
 
 pytest.importorskip("moto")
 
@@ -23,7 +23,6 @@ from sagemaker.workflow.fail_step import FailStep  # noqa: E402
 from sagemaker.workflow.pipeline import Pipeline  # noqa: E402
 from sagemaker.workflow.steps import TuningStep  # noqa: E402
 
-from pipelines import sdk_workarounds  # noqa: E402
 from pipelines.pipeline import PipelinePyTorch  # noqa: E402
 from pipelines.sdk_session import get_session  # noqa: E402
 
