@@ -23,57 +23,176 @@ pipelines.deploy_pipeline`` (see :mod:`pipelines.offline`).
 """
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional, Sequence
 
-os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+from sagemaker.processing import FrameworkProcessor, ProcessingInput, ProcessingOutput
+from sagemaker.pytorch import PyTorch
+from sagemaker.workflow import retry
+from sagemaker.workflow.functions import JsonGet
+from sagemaker.workflow.parameters import Parameter, ParameterFloat, ParameterInteger, ParameterString
+from sagemaker.workflow.pipeline import Pipeline
+from sagemaker.workflow.pipeline_context import PipelineSession
+from sagemaker.workflow.properties import PropertyFile
+from sagemaker.workflow.steps import ProcessingStep
 
-from sagemaker import image_uris  # noqa: E402
-from sagemaker.processing import FrameworkProcessor, ProcessingInput, ProcessingOutput  # noqa: E402
-from sagemaker.pytorch import PyTorch  # noqa: E402
-from sagemaker.workflow import retry  # noqa: E402
-from sagemaker.workflow.functions import JsonGet  # noqa: E402
-from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString  # noqa: E402
-from sagemaker.workflow.pipeline import Pipeline  # noqa: E402
-from sagemaker.workflow.pipeline_context import PipelineSession  # noqa: E402
-from sagemaker.workflow.properties import PropertyFile  # noqa: E402
-from sagemaker.workflow.steps import ProcessingStep  # noqa: E402
-
-from pipelines.pipeline import (  # noqa: E402
-    CODE_ROOT,
-    FRAMEWORK_VERSION,
-    PY_VERSION,
-    SHARED_CODE,
-    ImgpipePipeline,
-    session_and_role,
-    staged_code,
-)
+from pipelines.pipeline import FRAMEWORK_VERSION, PY_VERSION, SHARED_CODE, pytorch_image, throttling_retry
+from pipelines.sdk_session import Account, resolve_account
+from pipelines.staged_code import CODE_ROOT, ImgpipePipeline
 
 # What the two steps ship, relative to CODE_ROOT: the step scripts (source_dir) and their
 # dependencies (imgclf for the image listing and failure file, the boto3 backends).
 SOURCE_DIR = "steps"
 DEPENDENCIES = (SHARED_CODE, "pipelines/backends.py", "pipelines/aws")
-STEP_NAMES = ("Deploy", "SmokeTest")
-PARAMETER_NAMES = (
-    "ModelPackageGroupName",
-    "EndpointName",
-    "EndpointInstanceType",
-    "EndpointInstanceCount",
-    "DataCaptureSamplingPercentage",
-    "SmokeTestMinAccuracy",
-    "SmokeTestDataUrl",
-    "SmokeTestMaxImages",
-    "ProcessingInstanceType",
-)
 
 
-class DeployPipeline(ImgpipePipeline):
-    """The build pipeline's class, compiled (code uploaded) from a staged copy of the deploy code."""
+@dataclass(frozen=True)
+class DeployParameters:
+    """The deploy pipeline's parameters, in the order the definition lists them."""
 
-    def definition(self) -> str:
-        with staged_code(self.code_root, (SOURCE_DIR, *DEPENDENCIES)):
-            return Pipeline.definition(self)
+    group: ParameterString
+    endpoint: ParameterString
+    instance_type: ParameterString
+    instance_count: ParameterInteger
+    capture: ParameterInteger
+    min_accuracy: ParameterFloat
+    test_data: ParameterString
+    max_images: ParameterInteger
+    processing_instance: ParameterString
+
+    def all(self) -> list[Parameter]:
+        """Every parameter, in declaration order."""
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+def deploy_parameters(model_package_group_name: str, endpoint_name: str, endpoint_instance_type: str,
+                      endpoint_instance_count: int, data_capture_percent: int,
+                      smoke_test_min_accuracy: float, smoke_test_max_images: int,
+                      processing_instance_type: str) -> DeployParameters:
+    """The deploy pipeline's parameters with their defaults."""
+    return DeployParameters(
+        group=ParameterString(name="ModelPackageGroupName", default_value=model_package_group_name),
+        endpoint=ParameterString(name="EndpointName", default_value=endpoint_name),
+        instance_type=ParameterString(name="EndpointInstanceType", default_value=endpoint_instance_type),
+        instance_count=ParameterInteger(name="EndpointInstanceCount", default_value=endpoint_instance_count),
+        capture=ParameterInteger(name="DataCaptureSamplingPercentage", default_value=data_capture_percent),
+        min_accuracy=ParameterFloat(name="SmokeTestMinAccuracy", default_value=smoke_test_min_accuracy),
+        test_data=ParameterString(name="SmokeTestDataUrl", default_value=""),
+        max_images=ParameterInteger(name="SmokeTestMaxImages", default_value=smoke_test_max_images),
+        processing_instance=ParameterString(name="ProcessingInstanceType",
+                                            default_value=processing_instance_type),
+    )
+
+
+@dataclass(frozen=True)
+class DeployContext:
+    """What both deploy steps share."""
+
+    account: Account
+    params: DeployParameters
+    base_job_prefix: str
+    framework_version: str
+    py_version: str
+    processing_image: str
+    retries: list[retry.RetryPolicy]
+    data_capture_url: str
+    model_role: str
+    bake_seconds: int
+
+
+def deploy_retries() -> list[retry.RetryPolicy]:
+    """A retried Deploy finds the endpoint done or in progress and carries on."""
+    job_errors = retry.SageMakerJobExceptionTypeEnum
+    return [
+        throttling_retry(),
+        retry.SageMakerJobStepRetryPolicy(exception_types=[job_errors.CAPACITY_ERROR, job_errors.RESOURCE_LIMIT],
+                                          interval_seconds=60, backoff_rate=2.0, max_attempts=3),
+    ]
+
+
+def processor(ctx: DeployContext, name: str) -> FrameworkProcessor:
+    """A PyTorch processing job (up to 3 h: Deploy waits for the endpoint) on ``ProcessingInstanceType``."""
+    return FrameworkProcessor(
+        estimator_cls=PyTorch, framework_version=ctx.framework_version, py_version=ctx.py_version,
+        image_uri=ctx.processing_image,
+        role=ctx.account.role, instance_type=ctx.params.processing_instance, instance_count=1,
+        base_job_name=f"{ctx.base_job_prefix}-{name}", max_runtime_in_seconds=3 * 3600,
+        sagemaker_session=ctx.account.session,
+    )
+
+
+def endpoint_arguments(ctx: DeployContext) -> list:
+    """The endpoint's settings, given to Deploy and (for a rollback) to SmokeTest."""
+    params = ctx.params
+    return [
+        "--instance-type", params.instance_type,
+        "--instance-count", params.instance_count.to_string(),
+        "--data-capture-percent", params.capture.to_string(),
+        "--data-capture-url", ctx.data_capture_url,
+        "--model-role-arn", ctx.model_role,
+    ]
+
+
+def deploy_step(ctx: DeployContext, rollback_alarms: Sequence[str]) -> ProcessingStep:
+    """``Deploy``: the newest Approved package behind the endpoint -> ``deployment.json``."""
+    params = ctx.params
+    report = PropertyFile(name="DeploymentReport", output_name="deployment", path="deployment.json")
+    return ProcessingStep(
+        name="Deploy",
+        description="Newest Approved package of the group -> model, endpoint config (data capture), "
+                    "endpoint created or updated blue/green; waits until InService.",
+        step_args=processor(ctx, "deploy").run(
+            code="deploy.py", source_dir=SOURCE_DIR, dependencies=list(DEPENDENCIES),
+            outputs=[ProcessingOutput(output_name="deployment", source="/opt/ml/processing/output/deployment")],
+            arguments=[
+                "--model-package-group", params.group,
+                "--endpoint-name", params.endpoint,
+                *endpoint_arguments(ctx),
+                "--smoke-test-data-url", params.test_data,
+                "--rollback-alarms", ",".join(rollback_alarms),
+                "--bake-seconds", str(ctx.bake_seconds),
+                "--region", ctx.account.region,
+                "--output-dir", "/opt/ml/processing/output/deployment",
+            ],
+        ),
+        property_files=[report],
+        retry_policies=ctx.retries,
+    )
+
+
+def smoke_test_step(ctx: DeployContext, deployed: ProcessingStep) -> ProcessingStep:
+    """``SmokeTest``: held-out images to the endpoint; a failure rolls the endpoint back."""
+    params = ctx.params
+
+    def report_value(json_path: str) -> JsonGet:
+        return JsonGet(step_name=deployed.name, property_file=deployed.property_files[0], json_path=json_path)
+
+    return ProcessingStep(
+        name="SmokeTest",
+        description="Invoke the endpoint with held-out test images; fail on any error or low accuracy.",
+        step_args=processor(ctx, "smoke-test").run(
+            code="check_endpoint.py", source_dir=SOURCE_DIR, dependencies=list(DEPENDENCIES),
+            inputs=[ProcessingInput(source=report_value("SmokeTestDataUrl"),
+                                    destination="/opt/ml/processing/test")],
+            outputs=[ProcessingOutput(output_name="smoke-test", source="/opt/ml/processing/output/smoke-test")],
+            arguments=[
+                "--endpoint-name", params.endpoint,
+                "--test-dir", "/opt/ml/processing/test",
+                "--min-accuracy", params.min_accuracy.to_string(),
+                "--max-images", params.max_images.to_string(),
+                "--region", ctx.account.region,
+                "--output-dir", "/opt/ml/processing/output/smoke-test",
+                # a failed smoke test rolls the endpoint back to what it served before Deploy
+                "--deploy-action", report_value("Action"),
+                "--previous-package-arn", report_value("PreviousModelPackageArn"),
+                *endpoint_arguments(ctx),
+                "--bake-seconds", str(ctx.bake_seconds),
+            ],
+        ),
+        depends_on=[deployed],
+        retry_policies=ctx.retries[:1],
+    )
 
 
 def get_pipeline(
@@ -118,101 +237,29 @@ def get_pipeline(
             bakes (``bake_seconds``); none: SageMaker's health checks only.
         sagemaker_project_name, sagemaker_project_arn: accepted like the build pipeline's.
     """
-    sagemaker_session, role = session_and_role(region, role, default_bucket, sagemaker_session)
-    region = sagemaker_session.boto_region_name
-    bucket = default_bucket or sagemaker_session.default_bucket()
-
-    group = ParameterString(name="ModelPackageGroupName", default_value=model_package_group_name)
-    endpoint = ParameterString(name="EndpointName", default_value=endpoint_name)
-    instance_type = ParameterString(name="EndpointInstanceType", default_value=endpoint_instance_type)
-    instance_count = ParameterInteger(name="EndpointInstanceCount", default_value=endpoint_instance_count)
-    capture = ParameterInteger(name="DataCaptureSamplingPercentage", default_value=data_capture_percent)
-    min_accuracy = ParameterFloat(name="SmokeTestMinAccuracy", default_value=smoke_test_min_accuracy)
-    test_data = ParameterString(name="SmokeTestDataUrl", default_value="")
-    max_images = ParameterInteger(name="SmokeTestMaxImages", default_value=smoke_test_max_images)
-    processing_instance = ParameterString(name="ProcessingInstanceType", default_value=processing_instance_type)
-
-    step_errors, job_errors = retry.StepExceptionTypeEnum, retry.SageMakerJobExceptionTypeEnum
-    retries = [  # a retried Deploy finds the endpoint done or in progress and carries on
-        retry.StepRetryPolicy(exception_types=[step_errors.THROTTLING, step_errors.SERVICE_FAULT],
-                              interval_seconds=10, backoff_rate=2.0, max_attempts=5),
-        retry.SageMakerJobStepRetryPolicy(exception_types=[job_errors.CAPACITY_ERROR, job_errors.RESOURCE_LIMIT],
-                                          interval_seconds=60, backoff_rate=2.0, max_attempts=3),
-    ]
-
-    def processor(name: str) -> FrameworkProcessor:
-        return FrameworkProcessor(
-            estimator_cls=PyTorch, framework_version=framework_version, py_version=py_version,
-            image_uri=image_uris.retrieve(framework="pytorch", region=region, version=framework_version,
-                                          py_version=py_version, instance_type=processing_instance_type,
-                                          image_scope="training"),
-            role=role, instance_type=processing_instance, instance_count=1,
-            base_job_name=f"{base_job_prefix}-{name}", max_runtime_in_seconds=3 * 3600,
-            sagemaker_session=sagemaker_session,
-        )
-
-    report = PropertyFile(name="DeploymentReport", output_name="deployment", path="deployment.json")
-    step_deploy = ProcessingStep(
-        name="Deploy",
-        description="Newest Approved package of the group -> model, endpoint config (data capture), "
-                    "endpoint created or updated blue/green; waits until InService.",
-        step_args=processor("deploy").run(
-            code="deploy.py", source_dir=SOURCE_DIR, dependencies=list(DEPENDENCIES),
-            outputs=[ProcessingOutput(output_name="deployment", source="/opt/ml/processing/output/deployment")],
-            arguments=[
-                "--model-package-group", group,
-                "--endpoint-name", endpoint,
-                "--instance-type", instance_type,
-                "--instance-count", instance_count.to_string(),
-                "--data-capture-percent", capture.to_string(),
-                "--data-capture-url", data_capture_url or f"s3://{bucket}/{base_job_prefix}/data-capture",
-                "--model-role-arn", model_execution_role or role,
-                "--smoke-test-data-url", test_data,
-                "--rollback-alarms", ",".join(rollback_alarms),
-                "--bake-seconds", str(bake_seconds),
-                "--region", region,
-                "--output-dir", "/opt/ml/processing/output/deployment",
-            ],
-        ),
-        property_files=[report],
-        retry_policies=retries,
+    account = resolve_account(region, role, default_bucket, sagemaker_session)
+    params = deploy_parameters(model_package_group_name, endpoint_name, endpoint_instance_type,
+                               endpoint_instance_count, data_capture_percent, smoke_test_min_accuracy,
+                               smoke_test_max_images, processing_instance_type)
+    ctx = DeployContext(
+        account=account,
+        params=params,
+        base_job_prefix=base_job_prefix,
+        framework_version=framework_version,
+        py_version=py_version,
+        processing_image=pytorch_image(account.region, framework_version, py_version,
+                                       processing_instance_type),
+        retries=deploy_retries(),
+        data_capture_url=data_capture_url or f"s3://{account.bucket}/{base_job_prefix}/data-capture",
+        model_role=model_execution_role or account.role,
+        bake_seconds=bake_seconds,
     )
-    step_smoke = ProcessingStep(
-        name="SmokeTest",
-        description="Invoke the endpoint with held-out test images; fail on any error or low accuracy.",
-        step_args=processor("smoke-test").run(
-            code="check_endpoint.py", source_dir=SOURCE_DIR, dependencies=list(DEPENDENCIES),
-            inputs=[ProcessingInput(
-                source=JsonGet(step_name=step_deploy.name, property_file=report, json_path="SmokeTestDataUrl"),
-                destination="/opt/ml/processing/test")],
-            outputs=[ProcessingOutput(output_name="smoke-test", source="/opt/ml/processing/output/smoke-test")],
-            arguments=[
-                "--endpoint-name", endpoint,
-                "--test-dir", "/opt/ml/processing/test",
-                "--min-accuracy", min_accuracy.to_string(),
-                "--max-images", max_images.to_string(),
-                "--region", region,
-                "--output-dir", "/opt/ml/processing/output/smoke-test",
-                # a failed smoke test rolls the endpoint back to what it served before Deploy
-                "--deploy-action", JsonGet(step_name=step_deploy.name, property_file=report, json_path="Action"),
-                "--previous-package-arn", JsonGet(step_name=step_deploy.name, property_file=report,
-                                                  json_path="PreviousModelPackageArn"),
-                "--instance-type", instance_type,
-                "--instance-count", instance_count.to_string(),
-                "--data-capture-percent", capture.to_string(),
-                "--data-capture-url", data_capture_url or f"s3://{bucket}/{base_job_prefix}/data-capture",
-                "--model-role-arn", model_execution_role or role,
-                "--bake-seconds", str(bake_seconds),
-            ],
-        ),
-        depends_on=[step_deploy],
-        retry_policies=retries[:1],
-    )
-    return DeployPipeline(
+    deployed = deploy_step(ctx, rollback_alarms)
+    return ImgpipePipeline(
         name=pipeline_name,
-        parameters=[group, endpoint, instance_type, instance_count, capture, min_accuracy,
-                    test_data, max_images, processing_instance],
-        steps=[step_deploy, step_smoke],
-        sagemaker_session=sagemaker_session,
+        parameters=params.all(),
+        steps=[deployed, smoke_test_step(ctx, deployed)],
+        sagemaker_session=account.session,
         code_root=code_root,
+        code_paths=(SOURCE_DIR, *DEPENDENCIES),
     )

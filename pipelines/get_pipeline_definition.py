@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+from pipelines.common import DEFAULT_PIPELINE_MODULE, UsageError
+from pipelines.pipeline_args import parse_kwargs
 
-DEFAULT_MODULE = "pipelines.pipeline"
 QUIET_LOGGERS = ("sagemaker", "sagemaker.config", "botocore", "boto3", "moto", "urllib3")
 
 
@@ -38,8 +37,8 @@ def quiet_sdk(verbose: bool = False) -> None:
 
 def add_definition_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-n", "--module-name", dest="module_name", default=DEFAULT_MODULE,
-        help=f"module with get_pipeline(**kwargs) (default: {DEFAULT_MODULE})",
+        "-n", "--module-name", dest="module_name", default=DEFAULT_PIPELINE_MODULE,
+        help=f"module with get_pipeline(**kwargs) (default: {DEFAULT_PIPELINE_MODULE})",
     )
     parser.add_argument(
         "-kwargs", "--kwargs", dest="kwargs", default=None,
@@ -58,8 +57,6 @@ def add_definition_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_definition(args: argparse.Namespace) -> int:
-    from pipelines._utils import UsageError, parse_kwargs
-
     quiet_sdk(args.verbose)
     try:
         from pipelines.offline import build_definition_json

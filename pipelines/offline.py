@@ -3,7 +3,7 @@
 The SageMaker SDK uploads the code of every step (``source_dir`` tarballs, the processors'
 ``runproc.sh``, the repack script) to S3 *while* it compiles the definition. Here that S3 is
 moto's in-process fake (``mock_aws``): nothing leaves the process, and every object the build
-wrote is copied into the local :class:`~pipelines.local.object_store.ObjectStore`, so the local
+wrote is handed to an :class:`UploadSink` (the local engine's object store is one), so the local
 engine finds each code tarball at the very ``s3://`` URI the definition names.
 
 The process environment is restored on return (fake credentials, region and the SDK config
@@ -15,7 +15,6 @@ so builds in one process take turns (a lock).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -24,13 +23,12 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Protocol
 
-from pipelines._utils import TELEMETRY_OPT_OUT_YAML, call_get_pipeline, import_pipeline_module
-from pipelines.local.object_store import ObjectStore
+from pipelines.common import DEFAULT_PIPELINE_MODULE, quiet_loggers
+from pipelines.pipeline_args import call_get_pipeline, fill_defaults, import_pipeline_module
 from pipelines.settings import Settings
 
-DEFAULT_MODULE = "pipelines.pipeline"
 _BUILD_LOCK = threading.RLock()
 
 # Variables that would point boto3 at real credentials, profiles or endpoints.
@@ -52,24 +50,23 @@ _AWS_ISOLATION_NAMES = (
 _CHATTY_LOGGERS = ("sagemaker", "sagemaker.config", "botocore.credentials", "moto")
 
 
+class UploadSink(Protocol):
+    """Where the objects the SDK uploaded during a build go (``ObjectStore`` is one)."""
+
+    def put_bytes(self, uri: str, data: bytes) -> Any:
+        """Keep ``data`` as the object at ``uri`` (``s3://bucket/key``)."""
+
+
 @contextlib.contextmanager
 def quiet_sdk_build() -> Iterator[None]:
     """Silence the SDK's INFO chatter and UserWarnings for the duration (levels restored)."""
     if logging.getLogger("sagemaker").isEnabledFor(logging.DEBUG):
         yield
         return
-    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_loggers(*_CHATTY_LOGGERS):
         warnings.filterwarnings("ignore", module=r"sagemaker(\..*)?")
         warnings.filterwarnings("ignore", message=r".*PipelineSession.*")
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
+        yield
 
 
 @contextlib.contextmanager
@@ -83,6 +80,9 @@ def _restored_environ() -> Iterator[None]:
 
 
 def _offline_environ(region: str, config_file: Path) -> None:
+    from pipelines.sdk_session import TELEMETRY_OPT_OUT_YAML
+    from pipelines.sdk_workarounds import user_sdk_config_exists
+
     for name in list(os.environ):
         if name.startswith(_AWS_ISOLATION_PREFIXES) or name in _AWS_ISOLATION_NAMES:
             del os.environ[name]
@@ -99,33 +99,15 @@ def _offline_environ(region: str, config_file: Path) -> None:
     )
     # Telemetry off for any SDK session (get_pipeline's own session also opts out via its
     # config). A user's own config file is respected (get_pipeline still forces the opt-out).
-    if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ and not _user_sdk_config_exists():
+    if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ and not user_sdk_config_exists():
         config_file.write_text(TELEMETRY_OPT_OUT_YAML)
         os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(config_file)
 
 
-def _user_sdk_config_exists() -> bool:
-    try:
-        from sagemaker.config.config import _DEFAULT_USER_CONFIG_FILE_PATH
-    except ImportError:  # another SDK layout: nothing to preserve
-        return False
-    return os.path.exists(_DEFAULT_USER_CONFIG_FILE_PATH)
-
-
-def _with_defaults(module, kwargs: dict, settings: Settings) -> dict:
-    """Fill region/role/default_bucket from Settings where the module's get_pipeline takes them."""
-    signature = inspect.signature(module.get_pipeline)
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    defaults = {
-        "region": settings.region,
-        "role": settings.role_arn,
-        "default_bucket": settings.default_bucket,
-    }
-    filled = dict(kwargs)
-    for name, value in defaults.items():
-        if filled.get(name) is None and (takes_any or name in signature.parameters):
-            filled[name] = value
-    return filled
+def account_defaults(settings: Settings) -> dict:
+    """``region``, ``role`` and ``default_bucket`` of the local settings, as get_pipeline kwargs."""
+    return {"region": settings.region, "role": settings.role_arn,
+            "default_bucket": settings.default_bucket}
 
 
 def _snapshot(s3) -> dict[tuple[str, str], str]:
@@ -139,23 +121,23 @@ def _snapshot(s3) -> dict[tuple[str, str], str]:
 
 
 def build_definition_json(
-    module_name: str = DEFAULT_MODULE,
+    module_name: str = DEFAULT_PIPELINE_MODULE,
     kwargs: Optional[dict] = None,
-    store: Optional[ObjectStore] = None,
+    store: Optional[UploadSink] = None,
     settings: Optional[Settings] = None,
 ) -> str:
     """The definition JSON string of ``module_name.get_pipeline(**kwargs)``, built offline.
 
     ``region``, ``role`` and ``default_bucket`` default to :class:`Settings` (``imgpipe-local``,
     the local role ARN). With ``store``, every object the SDK uploaded during the build is
-    written there under its S3 URI.
+    written there under its S3 URI (``store.put_bytes(uri, data)``).
     """
     from moto import mock_aws
 
     settings = settings or Settings()
     with quiet_sdk_build():
         module = import_pipeline_module(module_name)
-    kwargs = _with_defaults(module, kwargs or {}, settings)
+    kwargs = fill_defaults(module, kwargs or {}, account_defaults(settings))
     region = kwargs.get("region") or settings.region
     bucket = kwargs.get("default_bucket")
 
@@ -186,16 +168,16 @@ def build_definition_json(
                     if before.get((name, key)) == etag and (name, key) not in named:
                         continue
                     body = s3.get_object(Bucket=name, Key=key)["Body"].read()
-                    store.put_bytes(store.uri(name, key), body)
+                    store.put_bytes(f"s3://{name}/{key}", body)
         finally:
             mock.stop()
     return definition
 
 
 def build_definition(
-    module_name: str = DEFAULT_MODULE,
+    module_name: str = DEFAULT_PIPELINE_MODULE,
     kwargs: Optional[dict] = None,
-    store: Optional[ObjectStore] = None,
+    store: Optional[UploadSink] = None,
     settings: Optional[Settings] = None,
 ) -> dict[str, Any]:
     """Like :func:`build_definition_json`, parsed: the dict the local engine interprets."""

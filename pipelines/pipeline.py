@@ -32,6 +32,12 @@ Steps (SageMaker SDK v2, ``step_args`` style, one :class:`PipelineSession`):
   that the SDK compiles into ``RegisterModel-RepackModel-0`` (Training: puts ``inference/`` into
   ``model.tar.gz/code``) and ``RegisterModel-RegisterModel``), else ``AccuracyTooLow`` (Fail).
 
+Code map: :func:`build_parameters` declares the pipeline parameters, :class:`BuildContext` holds
+what every step shares (session, role, images, prefixes, cache config, retry policies, the
+parameters), and one builder per step (``prepare_data_step`` ... ``check_accuracy_step``) makes
+each step from the context and the steps it reads from. SDK workarounds live in
+:mod:`pipelines.sdk_workarounds`.
+
 Implements ``get_pipeline(**kwargs)`` like AWS's SageMaker project seed code, so
 ``get-pipeline-definition`` and ``run-pipeline`` (and existing CodeBuild projects) can drive it.
 The definition builds offline (see :mod:`pipelines.offline`): explicit bucket and role, SDK
@@ -41,19 +47,12 @@ works across checkouts and is not defeated by ``__pycache__``).
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
-os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-
-import boto3  # noqa: E402
-import sagemaker  # noqa: E402
-from sagemaker import image_uris  # noqa: E402
-from sagemaker.debugger import (  # noqa: E402
+from sagemaker import image_uris
+from sagemaker.debugger import (
     CollectionConfig,
     DebuggerHookConfig,
     ProfilerConfig,
@@ -61,49 +60,44 @@ from sagemaker.debugger import (  # noqa: E402
     Rule,
     rule_configs,
 )
-from sagemaker.inputs import TrainingInput  # noqa: E402
-from sagemaker.model_metrics import MetricsSource, ModelMetrics  # noqa: E402
-from sagemaker.processing import FrameworkProcessor, ProcessingInput, ProcessingOutput  # noqa: E402
-from sagemaker.pytorch import PyTorch, PyTorchModel  # noqa: E402
-from sagemaker.tuner import (  # noqa: E402
+from sagemaker.inputs import TrainingInput
+from sagemaker.model_metrics import MetricsSource, ModelMetrics
+from sagemaker.processing import FrameworkProcessor, ProcessingInput, ProcessingOutput
+from sagemaker.pytorch import PyTorch, PyTorchModel
+from sagemaker.tuner import (
     CategoricalParameter,
     ContinuousParameter,
     HyperparameterTuner,
     IntegerParameter,
 )
-from sagemaker.workflow.condition_step import ConditionStep  # noqa: E402
-from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo  # noqa: E402
-from sagemaker.workflow.execution_variables import ExecutionVariables  # noqa: E402
-from sagemaker.workflow.fail_step import FailStep  # noqa: E402
-from sagemaker.workflow.functions import Join, JsonGet  # noqa: E402
-from sagemaker.workflow.model_step import ModelStep  # noqa: E402
-from sagemaker.workflow.parameters import (  # noqa: E402
+from sagemaker.workflow.condition_step import ConditionStep
+from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo
+from sagemaker.workflow.execution_variables import ExecutionVariables
+from sagemaker.workflow.fail_step import FailStep
+from sagemaker.workflow.functions import Join, JsonGet
+from sagemaker.workflow.model_step import ModelStep
+from sagemaker.workflow.parameters import (
+    Parameter,
     ParameterFloat,
     ParameterInteger,
     ParameterString,
 )
-from sagemaker.workflow.pipeline import Pipeline  # noqa: E402
-from sagemaker.workflow.pipeline_context import PipelineSession  # noqa: E402
-from sagemaker.workflow.properties import PropertyFile  # noqa: E402
-from sagemaker.workflow.retry import (  # noqa: E402
+from sagemaker.workflow.pipeline import Pipeline
+from sagemaker.workflow.pipeline_context import PipelineSession
+from sagemaker.workflow.properties import PropertyFile
+from sagemaker.workflow.retry import (
+    RetryPolicy,
     SageMakerJobExceptionTypeEnum,
     SageMakerJobStepRetryPolicy,
     StepExceptionTypeEnum,
     StepRetryPolicy,
 )
-from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TrainingStep, TuningStep  # noqa: E402
+from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TrainingStep, TuningStep
 
-from sagemaker.s3 import s3_path_join  # noqa: E402
-from sagemaker.workflow import utilities as workflow_utilities  # noqa: E402
+from pipelines.sdk_session import Account, resolve_account
+from pipelines.sdk_workarounds import StableBuildEstimator, cached_config_validation
+from pipelines.staged_code import CODE_ROOT, ImgpipePipeline
 
-from pipelines._utils import install_config_validation_cache, sdk_config  # noqa: E402
-
-install_config_validation_cache()
-
-# Repository root: holds steps/, training/ and inference/ (the container code).
-CODE_ROOT = Path(__file__).resolve().parent.parent
-# Directories shipped to SageMaker, relative to CODE_ROOT (the SDK sees only these).
-CODE_DIRS = ("steps", "training", "inference")
 SHARED_CODE = "training/imgclf"  # imported by every container script (contracts.md)
 
 # A PyTorch version the installed SDK knows for both training and inference images.
@@ -144,130 +138,493 @@ ACTIVATION_INPUTS_COLLECTION = {
     "eval.end_step": "1",
 }
 
-# Step names in the definition (the RegisterModel ModelStep compiles to two steps).
-STEP_NAMES = (
-    "PrepareData",
-    "TuneHyperparameters",
-    "TrainBestModel",
-    "EvaluateModel",
-    "CheckAccuracy",
-    "RegisterModel-RepackModel-0",
-    "RegisterModel-RegisterModel",
-    "AccuracyTooLow",
-)
+
+class PipelinePyTorch(StableBuildEstimator, PyTorch):
+    """The PyTorch estimator with the SDK workarounds that keep a build's cache keys stable."""
 
 
-def _ignore_build_litter(directory: str, names: list[str]) -> set[str]:
+@dataclass(frozen=True)
+class BuildParameters:
+    """The pipeline parameters (execution-time inputs), in the order the definition lists them."""
+
+    input_data: ParameterString
+    processing_instance: ParameterString
+    training_instance: ParameterString
+    max_tuning_jobs: ParameterInteger
+    max_parallel_tuning_jobs: ParameterInteger
+    accuracy_threshold: ParameterFloat
+    model_approval_status: ParameterString
+    architecture: ParameterString
+    image_size: ParameterInteger
+    pretrained: ParameterString
+    min_epochs: ParameterInteger
+    max_epochs: ParameterInteger
+    tuning_max_train_images: ParameterInteger
+
+    def all(self) -> list[Parameter]:
+        """Every parameter, in declaration order."""
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+def build_parameters(input_data_url: str, processing_instance_type: str,
+                     training_instance_type: str) -> BuildParameters:
+    """The parameters of the build pipeline with their defaults."""
+    return BuildParameters(
+        input_data=ParameterString(name="InputDataUrl", default_value=input_data_url),
+        processing_instance=ParameterString(
+            name="ProcessingInstanceType", default_value=processing_instance_type
+        ),
+        training_instance=ParameterString(
+            name="TrainingInstanceType", default_value=training_instance_type
+        ),
+        max_tuning_jobs=ParameterInteger(name="MaxTuningJobs", default_value=4),
+        max_parallel_tuning_jobs=ParameterInteger(name="MaxParallelTuningJobs", default_value=2),
+        accuracy_threshold=ParameterFloat(name="AccuracyThreshold", default_value=0.85),
+        model_approval_status=ParameterString(
+            name="ModelApprovalStatus",
+            default_value="PendingManualApproval",
+            enum_values=["PendingManualApproval", "Approved", "Rejected"],
+        ),
+        architecture=ParameterString(name="Architecture", default_value="mobilenet_v2"),
+        image_size=ParameterInteger(name="ImageSize", default_value=64),
+        pretrained=ParameterString(name="Pretrained", default_value="true",
+                                   enum_values=["true", "false"]),
+        min_epochs=ParameterInteger(name="MinEpochs", default_value=2),
+        max_epochs=ParameterInteger(name="MaxEpochs", default_value=5),
+        tuning_max_train_images=ParameterInteger(name="TuningMaxTrainImages", default_value=1500),
+    )
+
+
+def throttling_retry() -> StepRetryPolicy:
+    """Retry a step that AWS throttled or failed on its side."""
+    return StepRetryPolicy(
+        exception_types=[StepExceptionTypeEnum.THROTTLING, StepExceptionTypeEnum.SERVICE_FAULT],
+        interval_seconds=10,
+        backoff_rate=2.0,
+        max_attempts=5,
+    )
+
+
+def capacity_retry() -> SageMakerJobStepRetryPolicy:
+    """Retry a job that found no capacity, hit a resource limit or an internal error."""
+    return SageMakerJobStepRetryPolicy(
+        exception_types=[
+            SageMakerJobExceptionTypeEnum.CAPACITY_ERROR,
+            SageMakerJobExceptionTypeEnum.RESOURCE_LIMIT,
+            SageMakerJobExceptionTypeEnum.INTERNAL_ERROR,
+        ],
+        interval_seconds=60,
+        backoff_rate=2.0,
+        max_attempts=4,
+    )
+
+
+def pytorch_image(region: str, framework_version: str, py_version: str, instance_type: str) -> str:
+    """The PyTorch training image (also used for processing) for the instance type's flavour."""
+    return image_uris.retrieve(
+        framework="pytorch",
+        region=region,
+        version=framework_version,
+        py_version=py_version,
+        instance_type=instance_type,
+        image_scope="training",
+    )
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What every step builder of the build pipeline shares."""
+
+    account: Account
+    params: BuildParameters
+    base_job_prefix: str
+    framework_version: str
+    py_version: str
+    processing_image: str
+    training_image: str
+    cache_config: CacheConfig
+    throttling_retry: StepRetryPolicy
+    job_retries: list[RetryPolicy]
+    spot: dict
+    max_run_seconds: int
+    system_monitor_interval_millis: int
+
+    @property
+    def s3_prefix(self) -> str:
+        """``s3://<bucket>/<base_job_prefix>``: outputs, checkpoints, Debugger data."""
+        return f"s3://{self.account.bucket}/{self.base_job_prefix}"
+
+
+def processor(ctx: BuildContext, name: str) -> FrameworkProcessor:
+    """A PyTorch processing job on ``ProcessingInstanceType`` (the scripts need torch)."""
+    return FrameworkProcessor(
+        estimator_cls=PyTorch,
+        framework_version=ctx.framework_version,
+        py_version=ctx.py_version,
+        image_uri=ctx.processing_image,
+        role=ctx.account.role,
+        instance_type=ctx.params.processing_instance,
+        instance_count=1,
+        base_job_name=f"{ctx.base_job_prefix}-{name}",
+        sagemaker_session=ctx.account.session,
+    )
+
+
+def estimator(ctx: BuildContext, name: str, hyperparameters: dict, **extra) -> PyTorch:
+    """``training/train.py`` on ``TrainingInstanceType``, outputs under ``<prefix>/<name>``."""
+    return PipelinePyTorch(
+        entry_point="train.py",
+        source_dir="training",
+        framework_version=ctx.framework_version,
+        py_version=ctx.py_version,
+        image_uri=ctx.training_image,
+        role=ctx.account.role,
+        instance_type=ctx.params.training_instance,
+        instance_count=1,
+        output_path=f"{ctx.s3_prefix}/{name}",
+        base_job_name=f"{ctx.base_job_prefix}-{name}",
+        hyperparameters=hyperparameters,
+        metric_definitions=METRIC_DEFINITIONS,
+        max_run=ctx.max_run_seconds,
+        sagemaker_session=ctx.account.session,
+        **ctx.spot,
+        **extra,
+    )
+
+
+def static_hyperparameters(params: BuildParameters) -> dict:
+    """Hyperparameters the tuning trials and the final training share."""
     return {
-        n
-        for n in names
-        if n in ("__pycache__", ".pytest_cache", ".ipynb_checkpoints", ".DS_Store")
-        or n.endswith((".pyc", ".pyo"))
+        # Framework estimators JSON-encode static hyperparameters; do the same for the
+        # string parameter so every value decodes alike (the toolkit json.loads each one).
+        "arch": Join(on="", values=['"', params.architecture, '"']),
+        "image-size": params.image_size,
+        "pretrained": Join(on="", values=['"', params.pretrained, '"']),
+        "freeze-backbone": "false",
+        "momentum": 0.9,
+        "early-stopping-patience": 2,
+        "seed": 42,
     }
 
 
-@contextlib.contextmanager
-def staged_code(code_root: Path | str = CODE_ROOT, paths: Sequence[str] = CODE_DIRS) -> Iterator[Path]:
-    """A clean copy of the code ``paths`` (directories or files, relative to ``code_root``),
-    made the working directory for the duration.
-
-    The SDK resolves ``source_dir``/``dependencies`` against the working directory, hashes the
-    path strings and file contents into the code's S3 key, and (for the repack step) writes
-    helper scripts into the model's ``source_dir``: staging keeps all of that off the checkout
-    and independent of where it lies.
-    """
-    code_root = Path(code_root).resolve()
-    missing = [p for p in paths if not (code_root / p).exists()]
-    if missing:
-        raise FileNotFoundError(f"code missing under {code_root}: {', '.join(missing)}")
-    previous = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="imgpipe-code-") as tmp:
-        for relative in paths:
-            source, target = code_root / relative, Path(tmp) / relative
-            if source.is_dir():
-                shutil.copytree(source, target, ignore=_ignore_build_litter)
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target)
-        os.chdir(tmp)
-        try:
-            yield Path(tmp)
-        finally:
-            os.chdir(previous)
+def prepared_output(prepared: ProcessingStep, name: str):
+    """The S3 URI of PrepareData's output ``name`` (train, valid, test, report)."""
+    return prepared.properties.ProcessingOutputConfig.Outputs[name].S3Output.S3Uri
 
 
-class PipelinePyTorch(PyTorch):
-    """The PyTorch estimator, with build-independent arguments inside a pipeline.
-
-    SDK 2.257 hashes the code into its S3 key only for Training/Processing steps; a tuning
-    step's estimator uploads to ``<base_job_name>-<timestamp>/source/`` and keeps a timestamped
-    ``sagemaker_job_name`` static hyperparameter, so its cache key changed with every build.
-    Here both are derived from the code's content (the same key as ``TrainBestModel``'s code),
-    and the Debugger collections are listed in a fixed order (the SDK keeps them in a set).
-    """
-
-    def _assign_s3_prefix(self, key_prefix=""):
-        config = workflow_utilities._pipeline_config
-        if config is not None and not config.code_hash:
-            code_hash = workflow_utilities.get_training_code_hash(
-                self.entry_point, self.source_dir, self.dependencies or []
-            )
-            if code_hash:
-                return s3_path_join(key_prefix, config.pipeline_name, "code", code_hash)
-        return super()._assign_s3_prefix(key_prefix)
-
-    def _prepare_collection_configs(self):
-        super()._prepare_collection_configs()  # a set: its order changes from run to run
-        self.collection_configs = sorted(
-            self.collection_configs, key=lambda c: (c.name, sorted((c.parameters or {}).items()))
-        )
-
-    def hyperparameters(self):
-        hyperparameters = super().hyperparameters()
-        if workflow_utilities._pipeline_config is not None:
-            hyperparameters.pop("sagemaker_job_name", None)  # set per job by SageMaker
-        return hyperparameters
+def training_channels(prepared: ProcessingStep) -> dict[str, TrainingInput]:
+    """The ``train`` and ``valid`` channels, from PrepareData's outputs."""
+    return {name: TrainingInput(s3_data=prepared_output(prepared, name)) for name in ("train", "valid")}
 
 
-class ImgpipePipeline(Pipeline):
-    """A :class:`Pipeline` whose definition is compiled from a staged copy of the code.
-
-    ``definition()`` is where the SDK runs the deferred ``fit()``/``run()``/``register()`` calls
-    and uploads the code; ``create``/``update``/``upsert`` all go through it.
-    """
-
-    def __init__(self, *args, code_root: Path | str = CODE_ROOT, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.code_root = Path(code_root)
-
-    def definition(self) -> str:
-        with staged_code(self.code_root):
-            return super().definition()
-
-
-def session_and_role(region: Optional[str], role: Optional[str], default_bucket: Optional[str],
-                     session: Optional[PipelineSession]) -> tuple[PipelineSession, str]:
-    """The given session (else one for ``region``) and role (else the notebook's, if any)."""
-    if session is None and not region:
-        raise ValueError("get_pipeline needs a region (or a sagemaker_session)")
-    session = session or get_session(region, default_bucket)
-    if role:
-        return session, role
-    try:
-        return session, sagemaker.session.get_execution_role(session)
-    except Exception as exc:  # not in a SageMaker notebook: no role to discover
-        raise ValueError("no IAM role given: pass role='arn:aws:iam::<account>:role/<name>' "
-                         f"(could not use the notebook's execution role: {exc})") from exc
+def prepare_data_step(ctx: BuildContext) -> ProcessingStep:
+    """``PrepareData``: class folders of images -> train/valid/test splits and a report."""
+    return ProcessingStep(
+        name="PrepareData",
+        description="Split class folders of images into train/valid/test; report classes.",
+        step_args=processor(ctx, "prepare-data").run(
+            code="preprocess.py",
+            source_dir="steps",
+            dependencies=[SHARED_CODE],
+            inputs=[ProcessingInput(source=ctx.params.input_data,
+                                    destination="/opt/ml/processing/input/data")],
+            outputs=[
+                ProcessingOutput(output_name=name, source=f"/opt/ml/processing/output/{name}")
+                for name in ("train", "valid", "test", "report")
+            ],
+            arguments=[
+                "--input-dir", "/opt/ml/processing/input/data",
+                "--output-dir", "/opt/ml/processing/output",
+                "--valid-ratio", "0.1",
+                "--test-ratio", "0.1",
+                "--seed", "42",
+            ],
+        ),
+        cache_config=ctx.cache_config,
+        retry_policies=ctx.job_retries,
+    )
 
 
-def get_session(region: str, default_bucket: Optional[str]) -> PipelineSession:
-    """A PipelineSession for ``region`` with SDK telemetry off (and the user's SDK config kept)."""
-    boto_session = boto3.Session(region_name=region)
-    return PipelineSession(
-        boto_session=boto_session,
-        sagemaker_client=boto_session.client("sagemaker"),
-        default_bucket=default_bucket,
-        sagemaker_config=sdk_config(),
+def tuning_step(ctx: BuildContext, prepared: ProcessingStep) -> TuningStep:
+    """``TuneHyperparameters``: Bayesian search over trials on a subset of the images."""
+    params = ctx.params
+    tuning_estimator = estimator(
+        ctx,
+        "tuning",
+        {**static_hyperparameters(params), "max-train-images": params.tuning_max_train_images},
+        disable_profiler=True,  # per-trial profiling is noise; the final job is profiled
+    )
+    tuner = HyperparameterTuner(
+        estimator=tuning_estimator,
+        objective_metric_name=OBJECTIVE_METRIC,
+        objective_type="Maximize",
+        metric_definitions=METRIC_DEFINITIONS,
+        hyperparameter_ranges={
+            "learning-rate": ContinuousParameter(3e-4, 3e-2, scaling_type="Logarithmic"),
+            "batch-size": IntegerParameter(32, 128, scaling_type="Linear"),
+            "epochs": IntegerParameter(params.min_epochs, params.max_epochs, scaling_type="Linear"),
+            "optimizer": CategoricalParameter(["sgd", "adam", "adamw"]),
+            "weight-decay": ContinuousParameter(1e-6, 1e-2, scaling_type="Logarithmic"),
+        },
+        strategy="Bayesian",
+        early_stopping_type="Auto",
+        max_jobs=params.max_tuning_jobs,
+        max_parallel_jobs=params.max_parallel_tuning_jobs,
+        base_tuning_job_name=f"{ctx.base_job_prefix}-hpo",
+    )
+    return TuningStep(
+        name="TuneHyperparameters",
+        description="Bayesian search of learning rate, batch size, epochs, optimizer, weight decay.",
+        step_args=tuner.fit(inputs=training_channels(prepared)),
+        cache_config=ctx.cache_config,
+        retry_policies=ctx.job_retries,
+    )
+
+
+def debugger_collections() -> dict[str, CollectionConfig]:
+    """One set of collections for the hook and the rules: a rule's default collections (save
+    interval 500 steps: a handful of saves in a small job) would be added next to these."""
+    return {
+        "losses": CollectionConfig(name="losses", parameters={"save_interval": "10"}),
+        "weights": CollectionConfig(name="weights", parameters={"save_interval": "50"}),
+        "gradients": CollectionConfig(name="gradients", parameters={"save_interval": "50"}),
+        "activation_inputs": CollectionConfig(
+            name="activation_inputs",
+            parameters=ACTIVATION_INPUTS_COLLECTION,
+        ),
+    }
+
+
+def debugger_rules(collections: dict[str, CollectionConfig]) -> list:
+    """The Debugger rules of the final training, and the Profiler report."""
+
+    def rule(config, *names, **parameters):
+        return Rule.sagemaker(config, rule_parameters=parameters or None,
+                              collections_to_save=[collections[n] for n in names])
+
+    return [
+        rule(rule_configs.loss_not_decreasing(), "losses"),
+        rule(rule_configs.vanishing_gradient(), "gradients"),
+        rule(rule_configs.overfit(), "losses"),
+        rule(rule_configs.overtraining(), "losses"),
+        # Its default activation_inputs_regex (".*relu_input") matches no tensor of MobileNet
+        # or EfficientNet (ReLU6/SiLU modules named by position): the collection's regex.
+        rule(rule_configs.poor_weight_initialization(), "activation_inputs",
+             activation_inputs_regex=ACTIVATION_INPUTS_REGEX),
+        ProfilerRule.sagemaker(rule_configs.ProfilerReport()),
+    ]
+
+
+def training_step(ctx: BuildContext, prepared: ProcessingStep, tuned: TuningStep) -> TrainingStep:
+    """``TrainBestModel``: all images, the best trial's hyperparameters, Debugger and Profiler."""
+    best = tuned.properties.BestTrainingJob
+    collections = debugger_collections()
+    train_estimator = estimator(
+        ctx,
+        "training",
+        {
+            **static_hyperparameters(ctx.params),
+            "max-train-images": 0,  # all images
+            **{name: best.TunedHyperParameters[name] for name in TUNED_HYPERPARAMETERS},
+        },
+        # Checkpoints belong to the best trial's configuration: a retried or spot-interrupted
+        # job resumes from them, and a cached tuning step keeps the final step cacheable too.
+        checkpoint_s3_uri=Join(on="/", values=[f"{ctx.s3_prefix}/checkpoints", best.TrainingJobName]),
+        profiler_config=ProfilerConfig(
+            system_monitor_interval_millis=ctx.system_monitor_interval_millis
+        ),
+        debugger_hook_config=DebuggerHookConfig(
+            s3_output_path=f"{ctx.s3_prefix}/debugger",
+            collection_configs=[collections[n] for n in ("losses", "weights", "gradients")],
+        ),
+        rules=debugger_rules(collections),
+    )
+    return TrainingStep(
+        name="TrainBestModel",
+        description="Train on all images with the best trial's hyperparameters.",
+        step_args=train_estimator.fit(inputs=training_channels(prepared)),
+        cache_config=ctx.cache_config,
+        retry_policies=ctx.job_retries,
+    )
+
+
+def model_data(trained: TrainingStep):
+    """The S3 URI of the final training's ``model.tar.gz``."""
+    return trained.properties.ModelArtifacts.S3ModelArtifacts
+
+
+def evaluation_step(ctx: BuildContext, prepared: ProcessingStep, trained: TrainingStep) -> ProcessingStep:
+    """``EvaluateModel``: the test split through the model -> ``evaluation.json``."""
+    evaluation_report = PropertyFile(
+        name="EvaluationReport", output_name="evaluation", path="evaluation.json"
+    )
+    return ProcessingStep(
+        name="EvaluateModel",
+        description="Accuracy, per-class accuracy and confusion matrix on the test split.",
+        step_args=processor(ctx, "evaluate").run(
+            code="evaluate.py",
+            source_dir="steps",
+            dependencies=[SHARED_CODE],
+            inputs=[
+                ProcessingInput(source=model_data(trained), destination="/opt/ml/processing/model"),
+                ProcessingInput(
+                    source=prepared_output(prepared, "test"), destination="/opt/ml/processing/test"
+                ),
+            ],
+            outputs=[
+                ProcessingOutput(output_name="evaluation", source="/opt/ml/processing/evaluation")
+            ],
+            arguments=[
+                "--model-dir", "/opt/ml/processing/model",
+                "--test-dir", "/opt/ml/processing/test",
+                "--output-dir", "/opt/ml/processing/evaluation",
+            ],
+        ),
+        property_files=[evaluation_report],
+        cache_config=ctx.cache_config,
+        retry_policies=ctx.job_retries,
+    )
+
+
+def accuracy_of(evaluated: ProcessingStep) -> JsonGet:
+    """The test accuracy in EvaluateModel's ``evaluation.json``."""
+    return JsonGet(step_name=evaluated.name, property_file=evaluated.property_files[0],
+                   json_path=ACCURACY_JSON_PATH)
+
+
+def package_metadata(ctx: BuildContext, prepared: ProcessingStep, tuned: TuningStep,
+                     accuracy: JsonGet, sagemaker_project_name: Optional[str]) -> dict:
+    """The model package's CustomerMetadataProperties."""
+    # Values must match [\p{L}\p{Z}\p{N}_.:/=+\-@]*: the JSON-quoted categorical "optimizer"
+    # value cannot go here (it is in model.json and the best job).
+    best = tuned.properties.BestTrainingJob
+    metadata = {
+        "best_training_job": best.TrainingJobName,
+        **{f"hp_{n.replace('-', '_')}": best.TunedHyperParameters[n]
+           for n in ("learning-rate", "batch-size", "epochs", "weight-decay")},
+        "architecture": ctx.params.architecture,
+        "image_size": Join(on="", values=[ctx.params.image_size]),
+        "input_data_url": ctx.params.input_data,
+        # held-out images the deploy pipeline's smoke test sends to the endpoint
+        "test_data_url": prepared_output(prepared, "test"),
+        "test_accuracy": Join(on="", values=[accuracy]),
+        "pipeline_execution_id": ExecutionVariables.PIPELINE_EXECUTION_ID,
+        "pipeline_execution_arn": ExecutionVariables.PIPELINE_EXECUTION_ARN,
+    }
+    if sagemaker_project_name:
+        metadata["sagemaker_project_name"] = sagemaker_project_name
+    return metadata
+
+
+@dataclass(frozen=True)
+class PackageSettings:
+    """What the registered model package lists besides the model."""
+
+    model_package_group_name: str
+    inference_instance_types: Sequence[str]
+    transform_instance_types: Sequence[str]
+
+
+def register_step(ctx: BuildContext, package: PackageSettings, trained: TrainingStep,
+                  evaluated: ProcessingStep, metadata: dict) -> ModelStep:
+    """``RegisterModel``: the model with ``inference/`` repacked, registered with its metrics."""
+    model = PyTorchModel(
+        model_data=model_data(trained),
+        entry_point="inference.py",
+        source_dir="inference",
+        dependencies=[SHARED_CODE],
+        framework_version=ctx.framework_version,
+        py_version=ctx.py_version,
+        role=ctx.account.role,
+        sagemaker_session=ctx.account.session,
+    )
+    evaluation_uri = evaluated.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri
+    return ModelStep(
+        name="RegisterModel",
+        description="Register the evaluated model (with inference code) in the package group.",
+        step_args=model.register(
+            content_types=CONTENT_TYPES,
+            response_types=RESPONSE_TYPES,
+            inference_instances=list(package.inference_instance_types),
+            transform_instances=list(package.transform_instance_types),
+            model_package_group_name=package.model_package_group_name,
+            approval_status=ctx.params.model_approval_status,
+            model_metrics=ModelMetrics(
+                model_statistics=MetricsSource(
+                    s3_uri=Join(on="/", values=[evaluation_uri, "evaluation.json"]),
+                    content_type="application/json",
+                )
+            ),
+            customer_metadata_properties=metadata,
+            description="imgpipe image classifier (PyTorch); metrics from evaluation.json.",
+            domain="COMPUTER_VISION",
+            task="IMAGE_CLASSIFICATION",
+            framework="PYTORCH",
+            framework_version=ctx.framework_version,
+        ),
+        retry_policies=[ctx.throttling_retry],
+        # The repack job's output (the model.tar.gz with code/ that gets registered) under the
+        # project's prefix instead of s3://<bucket>/pytorch-inference-<timestamp>.
+        repack_model_step_settings={"output_path": f"{ctx.s3_prefix}/registered-models"},
+    )
+
+
+def fail_step(ctx: BuildContext, accuracy: JsonGet) -> FailStep:
+    """``AccuracyTooLow``: stop without registering, saying why."""
+    return FailStep(
+        name="AccuracyTooLow",
+        description="Stop without registering: the model is not accurate enough.",
+        error_message=Join(
+            on=" ",
+            values=[
+                "Test accuracy",
+                accuracy,
+                "is below AccuracyThreshold",
+                ctx.params.accuracy_threshold,
+                "- model not registered.",
+            ],
+        ),
+    )
+
+
+def check_accuracy_step(ctx: BuildContext, accuracy: JsonGet, registered: ModelStep,
+                        failed: FailStep) -> ConditionStep:
+    """``CheckAccuracy``: register if test accuracy >= ``AccuracyThreshold``, else fail."""
+    return ConditionStep(
+        name="CheckAccuracy",
+        description="Register only if test accuracy >= AccuracyThreshold.",
+        conditions=[ConditionGreaterThanOrEqualTo(left=accuracy, right=ctx.params.accuracy_threshold)],
+        if_steps=[registered],
+        else_steps=[failed],
+    )
+
+
+def build_context(account: Account, params: BuildParameters, *, base_job_prefix: str,
+                  framework_version: str, py_version: str, processing_instance_type: str,
+                  training_instance_type: str, enable_caching: bool, cache_expire_after: str,
+                  use_spot_instances: bool, max_run_seconds: int, max_wait_seconds: Optional[int],
+                  system_monitor_interval_millis: int) -> BuildContext:
+    """The context of the build pipeline's step builders."""
+    throttling = throttling_retry()
+    spot = {}
+    if use_spot_instances:
+        spot = dict(use_spot_instances=True, max_wait=max_wait_seconds or 2 * max_run_seconds)
+    return BuildContext(
+        account=account,
+        params=params,
+        base_job_prefix=base_job_prefix,
+        framework_version=framework_version,
+        py_version=py_version,
+        processing_image=pytorch_image(account.region, framework_version, py_version,
+                                       processing_instance_type),
+        training_image=pytorch_image(account.region, framework_version, py_version,
+                                     training_instance_type),
+        cache_config=CacheConfig(enable_caching=enable_caching, expire_after=cache_expire_after),
+        throttling_retry=throttling,
+        job_retries=[throttling, capacity_retry()],
+        spot=spot,
+        max_run_seconds=max_run_seconds,
+        system_monitor_interval_millis=system_monitor_interval_millis,
     )
 
 
@@ -322,368 +679,30 @@ def get_pipeline(
             buildspecs; recorded in the model package metadata.
         code_root: directory holding ``steps/``, ``training/`` and ``inference/``.
     """
-    sagemaker_session, role = session_and_role(region, role, default_bucket, sagemaker_session)
-    region = sagemaker_session.boto_region_name
-    bucket = default_bucket or sagemaker_session.default_bucket()
-    s3_prefix = f"s3://{bucket}/{base_job_prefix}"
-
-    # ----------------------------------------------------------------------------- parameters
-    input_data = ParameterString(
-        name="InputDataUrl", default_value=input_data_url or f"{s3_prefix}/data"
-    )
-    processing_instance = ParameterString(
-        name="ProcessingInstanceType", default_value=processing_instance_type
-    )
-    training_instance = ParameterString(
-        name="TrainingInstanceType", default_value=training_instance_type
-    )
-    max_tuning_jobs = ParameterInteger(name="MaxTuningJobs", default_value=4)
-    max_parallel_tuning_jobs = ParameterInteger(name="MaxParallelTuningJobs", default_value=2)
-    accuracy_threshold = ParameterFloat(name="AccuracyThreshold", default_value=0.85)
-    model_approval_status = ParameterString(
-        name="ModelApprovalStatus",
-        default_value="PendingManualApproval",
-        enum_values=["PendingManualApproval", "Approved", "Rejected"],
-    )
-    architecture = ParameterString(name="Architecture", default_value="mobilenet_v2")
-    image_size = ParameterInteger(name="ImageSize", default_value=64)
-    pretrained = ParameterString(name="Pretrained", default_value="true", enum_values=["true", "false"])
-    min_epochs = ParameterInteger(name="MinEpochs", default_value=2)
-    max_epochs = ParameterInteger(name="MaxEpochs", default_value=5)
-    tuning_max_train_images = ParameterInteger(name="TuningMaxTrainImages", default_value=1500)
-    parameters = [
-        input_data,
-        processing_instance,
-        training_instance,
-        max_tuning_jobs,
-        max_parallel_tuning_jobs,
-        accuracy_threshold,
-        model_approval_status,
-        architecture,
-        image_size,
-        pretrained,
-        min_epochs,
-        max_epochs,
-        tuning_max_train_images,
-    ]
-
-    cache_config = CacheConfig(enable_caching=enable_caching, expire_after=cache_expire_after)
-    throttling_retry = StepRetryPolicy(
-        exception_types=[StepExceptionTypeEnum.THROTTLING, StepExceptionTypeEnum.SERVICE_FAULT],
-        interval_seconds=10,
-        backoff_rate=2.0,
-        max_attempts=5,
-    )
-    capacity_retry = SageMakerJobStepRetryPolicy(
-        exception_types=[
-            SageMakerJobExceptionTypeEnum.CAPACITY_ERROR,
-            SageMakerJobExceptionTypeEnum.RESOURCE_LIMIT,
-            SageMakerJobExceptionTypeEnum.INTERNAL_ERROR,
-        ],
-        interval_seconds=60,
-        backoff_rate=2.0,
-        max_attempts=4,
-    )
-    job_retries = [throttling_retry, capacity_retry]
-
-    def image(scope: str, instance_type: str) -> str:
-        return image_uris.retrieve(
-            framework="pytorch",
-            region=region,
-            version=framework_version,
-            py_version=py_version,
-            instance_type=instance_type,
-            image_scope=scope,
-        )
-
-    processing_image = image("training", processing_instance_type)
-    training_image = image("training", training_instance_type)
-
-    def processor(name: str) -> FrameworkProcessor:
-        """A PyTorch processing job on ``ProcessingInstanceType`` (the scripts need torch)."""
-        return FrameworkProcessor(
-            estimator_cls=PyTorch,
-            framework_version=framework_version,
-            py_version=py_version,
-            image_uri=processing_image,
-            role=role,
-            instance_type=processing_instance,
-            instance_count=1,
-            base_job_name=f"{base_job_prefix}-{name}",
-            sagemaker_session=sagemaker_session,
-        )
-
-    # ----------------------------------------------------------------------------- PrepareData
-    step_process = ProcessingStep(
-        name="PrepareData",
-        description="Split class folders of images into train/valid/test; report classes.",
-        step_args=processor("prepare-data").run(
-            code="preprocess.py",
-            source_dir="steps",
-            dependencies=[SHARED_CODE],
-            inputs=[ProcessingInput(source=input_data, destination="/opt/ml/processing/input/data")],
-            outputs=[
-                ProcessingOutput(output_name=name, source=f"/opt/ml/processing/output/{name}")
-                for name in ("train", "valid", "test", "report")
-            ],
-            arguments=[
-                "--input-dir", "/opt/ml/processing/input/data",
-                "--output-dir", "/opt/ml/processing/output",
-                "--valid-ratio", "0.1",
-                "--test-ratio", "0.1",
-                "--seed", "42",
-            ],
-        ),
-        cache_config=cache_config,
-        retry_policies=job_retries,
-    )
-    outputs = step_process.properties.ProcessingOutputConfig.Outputs
-    channels = {
-        name: TrainingInput(s3_data=outputs[name].S3Output.S3Uri) for name in ("train", "valid")
-    }
-
-    # ----------------------------------------------------------------------------- tuning
-    spot = {}
-    if use_spot_instances:
-        spot = dict(use_spot_instances=True, max_wait=max_wait_seconds or 2 * max_run_seconds)
-    static_hyperparameters = {
-        # Framework estimators JSON-encode static hyperparameters; do the same for the
-        # string parameter so every value decodes alike (the toolkit json.loads each one).
-        "arch": Join(on="", values=['"', architecture, '"']),
-        "image-size": image_size,
-        "pretrained": Join(on="", values=['"', pretrained, '"']),
-        "freeze-backbone": "false",
-        "momentum": 0.9,
-        "early-stopping-patience": 2,
-        "seed": 42,
-    }
-
-    def estimator(name: str, hyperparameters: dict, **extra) -> PyTorch:
-        return PipelinePyTorch(
-            entry_point="train.py",
-            source_dir="training",
-            framework_version=framework_version,
-            py_version=py_version,
-            image_uri=training_image,
-            role=role,
-            instance_type=training_instance,
-            instance_count=1,
-            output_path=f"{s3_prefix}/{name}",
-            base_job_name=f"{base_job_prefix}-{name}",
-            hyperparameters=hyperparameters,
-            metric_definitions=METRIC_DEFINITIONS,
-            max_run=max_run_seconds,
-            sagemaker_session=sagemaker_session,
-            **spot,
-            **extra,
-        )
-
-    tuning_estimator = estimator(
-        "tuning",
-        {**static_hyperparameters, "max-train-images": tuning_max_train_images},
-        disable_profiler=True,  # per-trial profiling is noise; the final job is profiled
-    )
-    tuner = HyperparameterTuner(
-        estimator=tuning_estimator,
-        objective_metric_name=OBJECTIVE_METRIC,
-        objective_type="Maximize",
-        metric_definitions=METRIC_DEFINITIONS,
-        hyperparameter_ranges={
-            "learning-rate": ContinuousParameter(3e-4, 3e-2, scaling_type="Logarithmic"),
-            "batch-size": IntegerParameter(32, 128, scaling_type="Linear"),
-            "epochs": IntegerParameter(min_epochs, max_epochs, scaling_type="Linear"),
-            "optimizer": CategoricalParameter(["sgd", "adam", "adamw"]),
-            "weight-decay": ContinuousParameter(1e-6, 1e-2, scaling_type="Logarithmic"),
-        },
-        strategy="Bayesian",
-        early_stopping_type="Auto",
-        max_jobs=max_tuning_jobs,
-        max_parallel_jobs=max_parallel_tuning_jobs,
-        base_tuning_job_name=f"{base_job_prefix}-hpo",
-    )
-    step_tune = TuningStep(
-        name="TuneHyperparameters",
-        description="Bayesian search of learning rate, batch size, epochs, optimizer, weight decay.",
-        step_args=tuner.fit(inputs=channels),
-        cache_config=cache_config,
-        retry_policies=job_retries,
-    )
-    best = step_tune.properties.BestTrainingJob
-
-    # ----------------------------------------------------------------------------- final training
-    # One set of collections for the hook and the rules: a rule's default collections (save
-    # interval 500 steps: a handful of saves in a small job) would be added next to these.
-    collections = {
-        "losses": CollectionConfig(name="losses", parameters={"save_interval": "10"}),
-        "weights": CollectionConfig(name="weights", parameters={"save_interval": "50"}),
-        "gradients": CollectionConfig(name="gradients", parameters={"save_interval": "50"}),
-        "activation_inputs": CollectionConfig(
-            name="activation_inputs",
-            parameters=ACTIVATION_INPUTS_COLLECTION,
-        ),
-    }
-
-    def rule(config, *names, **parameters):
-        return Rule.sagemaker(config, rule_parameters=parameters or None,
-                              collections_to_save=[collections[n] for n in names])
-
-    train_estimator = estimator(
-        "training",
-        {
-            **static_hyperparameters,
-            "max-train-images": 0,  # all images
-            **{name: best.TunedHyperParameters[name] for name in TUNED_HYPERPARAMETERS},
-        },
-        # Checkpoints belong to the best trial's configuration: a retried or spot-interrupted
-        # job resumes from them, and a cached tuning step keeps the final step cacheable too.
-        checkpoint_s3_uri=Join(on="/", values=[f"{s3_prefix}/checkpoints", best.TrainingJobName]),
-        profiler_config=ProfilerConfig(
-            system_monitor_interval_millis=system_monitor_interval_millis
-        ),
-        debugger_hook_config=DebuggerHookConfig(
-            s3_output_path=f"{s3_prefix}/debugger",
-            collection_configs=[collections[n] for n in ("losses", "weights", "gradients")],
-        ),
-        rules=[
-            rule(rule_configs.loss_not_decreasing(), "losses"),
-            rule(rule_configs.vanishing_gradient(), "gradients"),
-            rule(rule_configs.overfit(), "losses"),
-            rule(rule_configs.overtraining(), "losses"),
-            # Its default activation_inputs_regex (".*relu_input") matches no tensor of MobileNet
-            # or EfficientNet (ReLU6/SiLU modules named by position): the collection's regex.
-            rule(rule_configs.poor_weight_initialization(), "activation_inputs",
-                 activation_inputs_regex=ACTIVATION_INPUTS_REGEX),
-            ProfilerRule.sagemaker(rule_configs.ProfilerReport()),
-        ],
-    )
-    step_train = TrainingStep(
-        name="TrainBestModel",
-        description="Train on all images with the best trial's hyperparameters.",
-        step_args=train_estimator.fit(inputs=channels),
-        cache_config=cache_config,
-        retry_policies=job_retries,
-    )
-    model_data = step_train.properties.ModelArtifacts.S3ModelArtifacts
-
-    # ----------------------------------------------------------------------------- evaluation
-    evaluation_report = PropertyFile(
-        name="EvaluationReport", output_name="evaluation", path="evaluation.json"
-    )
-    step_eval = ProcessingStep(
-        name="EvaluateModel",
-        description="Accuracy, per-class accuracy and confusion matrix on the test split.",
-        step_args=processor("evaluate").run(
-            code="evaluate.py",
-            source_dir="steps",
-            dependencies=[SHARED_CODE],
-            inputs=[
-                ProcessingInput(source=model_data, destination="/opt/ml/processing/model"),
-                ProcessingInput(
-                    source=outputs["test"].S3Output.S3Uri, destination="/opt/ml/processing/test"
-                ),
-            ],
-            outputs=[
-                ProcessingOutput(output_name="evaluation", source="/opt/ml/processing/evaluation")
-            ],
-            arguments=[
-                "--model-dir", "/opt/ml/processing/model",
-                "--test-dir", "/opt/ml/processing/test",
-                "--output-dir", "/opt/ml/processing/evaluation",
-            ],
-        ),
-        property_files=[evaluation_report],
-        cache_config=cache_config,
-        retry_policies=job_retries,
-    )
-    evaluation_uri = step_eval.properties.ProcessingOutputConfig.Outputs[
-        "evaluation"
-    ].S3Output.S3Uri
-    test_accuracy = JsonGet(
-        step_name=step_eval.name, property_file=evaluation_report, json_path=ACCURACY_JSON_PATH
-    )
-
-    # ----------------------------------------------------------------------------- registration
-    model = PyTorchModel(
-        model_data=model_data,
-        entry_point="inference.py",
-        source_dir="inference",
-        dependencies=[SHARED_CODE],
-        framework_version=framework_version,
-        py_version=py_version,
-        role=role,
-        sagemaker_session=sagemaker_session,
-    )
-    # CustomerMetadataProperties values must match [\p{L}\p{Z}\p{N}_.:/=+\-@]*: the JSON-quoted
-    # categorical "optimizer" value cannot go here (it is in model.json and the best job).
-    metadata = {
-        "best_training_job": best.TrainingJobName,
-        **{f"hp_{n.replace('-', '_')}": best.TunedHyperParameters[n]
-           for n in ("learning-rate", "batch-size", "epochs", "weight-decay")},
-        "architecture": architecture,
-        "image_size": Join(on="", values=[image_size]),
-        "input_data_url": input_data,
-        # held-out images the deploy pipeline's smoke test sends to the endpoint
-        "test_data_url": outputs["test"].S3Output.S3Uri,
-        "test_accuracy": Join(on="", values=[test_accuracy]),
-        "pipeline_execution_id": ExecutionVariables.PIPELINE_EXECUTION_ID,
-        "pipeline_execution_arn": ExecutionVariables.PIPELINE_EXECUTION_ARN,
-    }
-    if sagemaker_project_name:
-        metadata["sagemaker_project_name"] = sagemaker_project_name
-    step_register = ModelStep(
-        name="RegisterModel",
-        description="Register the evaluated model (with inference code) in the package group.",
-        step_args=model.register(
-            content_types=CONTENT_TYPES,
-            response_types=RESPONSE_TYPES,
-            inference_instances=list(inference_instance_types),
-            transform_instances=list(transform_instance_types),
-            model_package_group_name=model_package_group_name,
-            approval_status=model_approval_status,
-            model_metrics=ModelMetrics(
-                model_statistics=MetricsSource(
-                    s3_uri=Join(on="/", values=[evaluation_uri, "evaluation.json"]),
-                    content_type="application/json",
-                )
-            ),
-            customer_metadata_properties=metadata,
-            description="imgpipe image classifier (PyTorch); metrics from evaluation.json.",
-            domain="COMPUTER_VISION",
-            task="IMAGE_CLASSIFICATION",
-            framework="PYTORCH",
-            framework_version=framework_version,
-        ),
-        retry_policies=[throttling_retry],
-        # The repack job's output (the model.tar.gz with code/ that gets registered) under the
-        # project's prefix instead of s3://<bucket>/pytorch-inference-<timestamp>.
-        repack_model_step_settings={"output_path": f"{s3_prefix}/registered-models"},
-    )
-    step_fail = FailStep(
-        name="AccuracyTooLow",
-        description="Stop without registering: the model is not accurate enough.",
-        error_message=Join(
-            on=" ",
-            values=[
-                "Test accuracy",
-                test_accuracy,
-                "is below AccuracyThreshold",
-                accuracy_threshold,
-                "- model not registered.",
-            ],
-        ),
-    )
-    step_check = ConditionStep(
-        name="CheckAccuracy",
-        description="Register only if test accuracy >= AccuracyThreshold.",
-        conditions=[ConditionGreaterThanOrEqualTo(left=test_accuracy, right=accuracy_threshold)],
-        if_steps=[step_register],
-        else_steps=[step_fail],
-    )
-
+    account = resolve_account(region, role, default_bucket, sagemaker_session)
+    params = build_parameters(input_data_url or f"s3://{account.bucket}/{base_job_prefix}/data",
+                              processing_instance_type, training_instance_type)
+    with cached_config_validation():
+        ctx = build_context(
+            account, params, base_job_prefix=base_job_prefix, framework_version=framework_version,
+            py_version=py_version, processing_instance_type=processing_instance_type,
+            training_instance_type=training_instance_type, enable_caching=enable_caching,
+            cache_expire_after=cache_expire_after, use_spot_instances=use_spot_instances,
+            max_run_seconds=max_run_seconds, max_wait_seconds=max_wait_seconds,
+            system_monitor_interval_millis=system_monitor_interval_millis)
+        package = PackageSettings(model_package_group_name, inference_instance_types, transform_instance_types)
+        prepared = prepare_data_step(ctx)
+        tuned = tuning_step(ctx, prepared)
+        trained = training_step(ctx, prepared, tuned)
+        evaluated = evaluation_step(ctx, prepared, trained)
+        accuracy = accuracy_of(evaluated)
+        metadata = package_metadata(ctx, prepared, tuned, accuracy, sagemaker_project_name)
+        registered = register_step(ctx, package, trained, evaluated, metadata)
+        check = check_accuracy_step(ctx, accuracy, registered, fail_step(ctx, accuracy))
     return ImgpipePipeline(
         name=pipeline_name,
-        parameters=parameters,
-        steps=[step_process, step_tune, step_train, step_eval, step_check],
-        sagemaker_session=sagemaker_session,
+        parameters=params.all(),
+        steps=[prepared, tuned, trained, evaluated, check],
+        sagemaker_session=account.session,
         code_root=code_root,
     )

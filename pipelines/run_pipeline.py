@@ -13,26 +13,23 @@ Exit status: 0 done; 1 AWS refused or the execution failed (message, no tracebac
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
-import os
 import re
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-
-from pipelines._utils import (  # noqa: E402
-    UsageError,
+from pipelines.get_pipeline_definition import quiet_sdk
+from pipelines.common import DEFAULT_PIPELINE_MODULE, UsageError
+from pipelines.pipeline_args import (
     call_get_pipeline,
     convert_struct,
+    fill_defaults,
     import_pipeline_module,
     parse_kwargs,
     parse_tags,
 )
-from pipelines.get_pipeline_definition import DEFAULT_MODULE, quiet_sdk  # noqa: E402
 
 # botocore's pattern for CreatePipeline.RoleArn.
 ROLE_ARN_PATTERN = re.compile(r"arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+")
@@ -59,9 +56,18 @@ def parse_parameters(text: Optional[str]) -> dict:
     return value
 
 
-def _accepts(func: Callable, name: str) -> bool:
-    params = inspect.signature(func).parameters.values()
-    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+def aws_defaults(role_arn: str, kwargs: dict) -> dict:
+    """Defaults of ``role`` (the pipeline's role) and, unless ``kwargs`` names one, ``region``
+    (the AWS configuration's); no region anywhere is a usage error."""
+    defaults = {"role": role_arn}
+    if not kwargs.get("region"):
+        import boto3
+
+        region = boto3.Session().region_name
+        if not region:
+            raise UsageError('no AWS region: set AWS_REGION or pass "region" in --kwargs')
+        defaults["region"] = region
+    return defaults
 
 
 def _custom_tags(module, tags: list, kwargs: dict) -> list:
@@ -170,29 +176,24 @@ def run(args: argparse.Namespace) -> int:
     parameters = parse_parameters(args.parameters)
 
     module = import_pipeline_module(args.module_name)
-    if kwargs.get("role") is None and _accepts(module.get_pipeline, "role"):
-        kwargs["role"] = role_arn
-    elif isinstance(kwargs.get("role"), str) and not ROLE_ARN_PATTERN.fullmatch(kwargs["role"]):
+    if isinstance(kwargs.get("role"), str) and not ROLE_ARN_PATTERN.fullmatch(kwargs["role"]):
         raise UsageError(f'--kwargs "role" {kwargs["role"]!r} is not an IAM role ARN')
-    if not kwargs.get("region"):
-        import boto3
-
-        region = boto3.Session().region_name
-        if not region:
-            raise UsageError('no AWS region: set AWS_REGION or pass "region" in --kwargs')
-        if _accepts(module.get_pipeline, "region"):
-            kwargs["region"] = region
+    defaults = aws_defaults(role_arn, kwargs)
+    if "region" in defaults:
+        kwargs.pop("region", None)  # an empty one
+    kwargs = fill_defaults(module, kwargs, defaults)
     region = kwargs.get("region")
     if region and not _has_credentials(region):
         from botocore.exceptions import NoCredentialsError
 
         raise NoCredentialsError()
 
+    from pipelines.sdk_workarounds import freeze_definition
+
     pipeline = call_get_pipeline(module, kwargs)
     print(f"building the definition of {pipeline.name} (uploads the step code to S3) ...",
           flush=True)
-    definition = pipeline.definition()
-    pipeline.definition = lambda: definition  # upsert exactly this (no second code upload)
+    definition = freeze_definition(pipeline)  # upsert exactly this (no second code upload)
     parsed = json.loads(definition)
     declared = {p["Name"] for p in parsed.get("Parameters", [])}
     unknown = sorted(set(parameters) - declared)
@@ -231,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run-pipeline",
         description="Creates or updates a SageMaker pipeline, and starts it.",
     )
-    parser.add_argument("-n", "--module-name", dest="module_name", default=DEFAULT_MODULE,
-                        help=f"module with get_pipeline(**kwargs) (default: {DEFAULT_MODULE})")
+    parser.add_argument("-n", "--module-name", dest="module_name", default=DEFAULT_PIPELINE_MODULE,
+                        help=f"module with get_pipeline(**kwargs) (default: {DEFAULT_PIPELINE_MODULE})")
     parser.add_argument("-kwargs", "--kwargs", dest="kwargs", default=None,
                         help="JSON object of keyword arguments for get_pipeline")
     parser.add_argument("-role-arn", "--role-arn", dest="role_arn", default=None,

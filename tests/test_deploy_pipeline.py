@@ -67,6 +67,17 @@ def test_parameters_and_steps(built):
         "Std:Join": {"On": "", "Values": [{"Get": "Parameters.SmokeTestMinAccuracy"}]}}
 
 
+def test_step_and_parameter_order_is_pinned(built):
+    """Steps and parameters in definition order: a refactor cannot drop or reorder one silently."""
+    definition, _ = built
+    assert [s["Name"] for s in definition["Steps"]] == ["Deploy", "SmokeTest"]
+    assert [p["Name"] for p in definition["Parameters"]] == [
+        "ModelPackageGroupName", "EndpointName", "EndpointInstanceType", "EndpointInstanceCount",
+        "DataCaptureSamplingPercentage", "SmokeTestMinAccuracy", "SmokeTestDataUrl",
+        "SmokeTestMaxImages", "ProcessingInstanceType",
+    ]
+
+
 # Run in the extracted code tarball with python -S (no site-packages: no imgpipe, no boto3).
 SHIPPED_PROBE = """
 import sys

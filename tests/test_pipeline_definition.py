@@ -192,7 +192,7 @@ def test_cli_writes_file_and_imgpipe_definition_is_registered(tmp_path, monkeypa
     module.write_text(
         "from sagemaker.workflow.fail_step import FailStep\n"
         "from sagemaker.workflow.pipeline import Pipeline\n"
-        "from pipelines.pipeline import get_session\n"
+        "from pipelines.sdk_session import get_session\n"
         "def get_pipeline(region, role=None, default_bucket=None, pipeline_name='Tiny'):\n"
         "    return Pipeline(name=pipeline_name, steps=[FailStep(name='Stop', error_message='x')],\n"
         "                    sagemaker_session=get_session(region, default_bucket))\n"
@@ -225,6 +225,26 @@ def test_exactly_the_steps_with_their_types(definition):
         "RegisterModel-RepackModel-0", "RegisterModel-RegisterModel"
     ]
     assert [s["Name"] for s in check["ElseSteps"]] == ["AccuracyTooLow"]
+
+
+def test_step_and_parameter_order_is_pinned(definition):
+    """The whole DAG in definition order, and the parameters in declaration order: a refactor of
+    the step builders cannot drop, rename or reorder one without this failing."""
+    def walk(steps):
+        for step in steps:
+            yield step["Name"]
+            yield from walk(step["Arguments"].get("IfSteps", []))
+            yield from walk(step["Arguments"].get("ElseSteps", []))
+
+    assert list(walk(definition["Steps"])) == [
+        "PrepareData", "TuneHyperparameters", "TrainBestModel", "EvaluateModel", "CheckAccuracy",
+        "RegisterModel-RepackModel-0", "RegisterModel-RegisterModel", "AccuracyTooLow",
+    ]
+    assert [p["Name"] for p in definition["Parameters"]] == [
+        "InputDataUrl", "ProcessingInstanceType", "TrainingInstanceType", "MaxTuningJobs",
+        "MaxParallelTuningJobs", "AccuracyThreshold", "ModelApprovalStatus", "Architecture",
+        "ImageSize", "Pretrained", "MinEpochs", "MaxEpochs", "TuningMaxTrainImages",
+    ]
 
 
 def test_dependencies_follow_the_data(definition):
@@ -486,14 +506,17 @@ def test_sessions_opt_out_of_telemetry_and_invalid_configs_still_fail():
     from sagemaker.config.config_schema import TELEMETRY_OPT_OUT_PATH
     from sagemaker.utils import resolve_value_from_config
 
-    from pipelines.pipeline import get_session
+    from pipelines.sdk_session import get_session
 
     session = get_session("us-east-1", "imgpipe-test")
     assert TELEMETRY_OPT_OUT_PATH == "SageMaker.PythonSDK.Modules.TelemetryOptOut"
     assert resolve_value_from_config(None, TELEMETRY_OPT_OUT_PATH, default_value=False,
                                      sagemaker_session=session) is True
-    # The validation cache (installed by pipelines.pipeline) remembers valid configs only.
+    # The validation cache (pipelines.sdk_workarounds) remembers valid configs only.
+    from pipelines.sdk_workarounds import cached_config_validation
+
     bad = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": "yes"}}}}
-    for _ in range(2):
-        with pytest.raises(jsonschema.ValidationError):
-            sagemaker.utils.validate_sagemaker_config(bad)
+    with cached_config_validation():
+        for _ in range(2):
+            with pytest.raises(jsonschema.ValidationError):
+                sagemaker.utils.validate_sagemaker_config(bad)

@@ -270,8 +270,8 @@ def apply_triggers(settings: TriggerSettings, session: Any = None) -> list[Chang
 
 # -- imgpipe triggers apply -----------------------------------------------------------------
 def _json_object(text: Optional[str], what: str) -> dict:
-    from pipelines._utils import convert_struct
     from pipelines.common import UsageError
+    from pipelines.pipeline_args import convert_struct
 
     value = convert_struct(text, what)
     if value is None:
@@ -282,7 +282,7 @@ def _json_object(text: Optional[str], what: str) -> dict:
 
 
 def settings_from_args(args: argparse.Namespace) -> TriggerSettings:
-    from pipelines._utils import parse_tags
+    from pipelines.pipeline_args import parse_tags
 
     return TriggerSettings(
         model_package_group_name=args.model_package_group,

@@ -92,7 +92,7 @@ def upload_data(store: ObjectStore, bucket: str, data_dir: Path) -> str:
 def _pipeline_name(module_name: str, kwargs: dict) -> str:
     if kwargs.get("pipeline_name"):
         return str(kwargs["pipeline_name"])
-    from pipelines._utils import import_pipeline_module
+    from pipelines.pipeline_args import import_pipeline_module
 
     default = inspect.signature(import_pipeline_module(module_name).get_pipeline).parameters.get("pipeline_name")
     return str(default.default) if default is not None and default.default is not inspect.Parameter.empty else "ImgpipeBuild"
