@@ -34,9 +34,13 @@ with that status. :func:`error_body` gives the JSON error body for a server.
 Limits (environment, read per request so they can be tuned without a rebuild):
 ``IMGPIPE_MAX_PAYLOAD_BYTES`` (6 MiB, SageMaker's real-time payload limit),
 ``IMGPIPE_MAX_IMAGE_PIXELS`` (40,000,000 per image), ``IMGPIPE_MAX_TOTAL_PIXELS``
-(100,000,000 per request), ``IMGPIPE_MAX_BATCH_SIZE`` (32). Pixel counts are checked from
-the image header before anything is decoded (decompression bombs). PIL's own global bomb
-check (about 179 M pixels) also answers 413.
+(100,000,000 per request), ``IMGPIPE_MAX_BATCH_SIZE`` (32), ``IMGPIPE_MAX_ASPECT_RATIO``
+(32: longer side over shorter side, else 400) and ``IMGPIPE_MAX_RESIZED_PIXELS``
+(16,000,000: the size an image grows to when its shorter side is scaled to the model's input
+size, else 413; checked by ``predict_fn``, which knows that size). Pixel counts and aspect
+ratio are checked from the image header before anything is decoded (decompression bombs, and
+a few-byte 1000000x1 PNG that would otherwise be upscaled to billions of pixels). PIL's own
+global bomb check (about 179 M pixels) also answers 413.
 
 Handler functions keep exactly the toolkit's parameter counts: the toolkit counts a
 handler's parameters and would pass its request context as an extra argument otherwise.
@@ -60,7 +64,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from imgclf.artifact import META_FILE, ArtifactError, extract_archive, load_model
-from imgclf.data import image_to_uint8, normalize_batch
+from imgclf.data import image_to_uint8, normalize_batch, resized_size
 
 try:  # present in AWS's inference containers, not in this project's environment
     from sagemaker_inference.errors import GenericInferenceToolkitError as _ErrorBase
@@ -145,12 +149,16 @@ class Limits:
     max_image_pixels: int = 40_000_000
     max_total_pixels: int = 100_000_000
     max_batch_size: int = 32
+    max_aspect_ratio: int = 32
+    max_resized_pixels: int = 16_000_000
 
     ENV = {
         "max_payload_bytes": "IMGPIPE_MAX_PAYLOAD_BYTES",
         "max_image_pixels": "IMGPIPE_MAX_IMAGE_PIXELS",
         "max_total_pixels": "IMGPIPE_MAX_TOTAL_PIXELS",
         "max_batch_size": "IMGPIPE_MAX_BATCH_SIZE",
+        "max_aspect_ratio": "IMGPIPE_MAX_ASPECT_RATIO",
+        "max_resized_pixels": "IMGPIPE_MAX_RESIZED_PIXELS",
     }
 
     @classmethod
@@ -424,16 +432,45 @@ def _open_checked(data: bytes, label: str, limits: Limits) -> Image.Image:
         ) from None
     except Exception as exc:  # corrupt headers raise all sorts (SyntaxError, struct.error, ...)
         raise BadRequestError(f"{label}: could not read the image header ({exc})") from None
-    width, height = image.size
-    if width < 1 or height < 1 or width * height > limits.max_image_pixels:
+    try:
+        check_image_size(image.size, label, limits)
+    except InferenceError:
         image.close()
-        if width < 1 or height < 1:
-            raise BadRequestError(f"{label}: image declares an empty size {width}x{height}")
+        raise
+    return image
+
+
+def check_image_size(size: tuple[int, int], label: str, limits: Limits) -> None:
+    """Refuse an empty size (400), a size over the pixel limit (413) or a long thin image
+    over the aspect-ratio limit (400), from the header's declared size alone."""
+    width, height = size
+    if width < 1 or height < 1:
+        raise BadRequestError(f"{label}: image declares an empty size {width}x{height}")
+    if width * height > limits.max_image_pixels:
         raise PayloadTooLargeError(
             f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of "
             f"{limits.max_image_pixels} pixels per image ({Limits.ENV['max_image_pixels']})"
         )
-    return image
+    if max(width, height) > limits.max_aspect_ratio * min(width, height):
+        raise BadRequestError(
+            f"{label}: {width}x{height} has an aspect ratio of {max(width, height) / min(width, height):.0f}:1, "
+            f"over the limit of {limits.max_aspect_ratio}:1 ({Limits.ENV['max_aspect_ratio']}); "
+            "crop or pad the image closer to a square"
+        )
+
+
+def check_resized_pixels(images: Sequence[Image.Image], image_size: int, limits: Limits) -> None:
+    """Refuse (413) an image that would grow over ``max_resized_pixels`` when its shorter side
+    is scaled to the model's input size, before anything is resized."""
+    for i, image in enumerate(images):
+        width, height = resized_size(image.size[0], image.size[1], image_size)
+        if width * height > limits.max_resized_pixels:
+            label = f"images[{i}]" if len(images) > 1 else "image"
+            raise PayloadTooLargeError(
+                f"{label}: {image.size[0]}x{image.size[1]} would be resized to {width}x{height} = "
+                f"{width * height} pixels for this {image_size}px model, over the limit of "
+                f"{limits.max_resized_pixels} ({Limits.ENV['max_resized_pixels']})"
+            )
 
 
 def _decode(image: Image.Image, label: str) -> None:
@@ -463,7 +500,9 @@ def preprocess(images: Sequence[Image.Image], model: LoadedModel) -> torch.Tenso
 
 
 def predict_fn(data: InferenceRequest, model: LoadedModel) -> Prediction:
-    """One batched forward pass; returns softmax probabilities."""
+    """One batched forward pass; returns softmax probabilities (413 first if an image would
+    be resized over ``IMGPIPE_MAX_RESIZED_PIXELS``)."""
+    check_resized_pixels(data.images, model.image_size, Limits.from_env())
     with torch.inference_mode():
         logits = model.model(preprocess(data.images, model))
         probabilities = torch.softmax(logits.float(), dim=1).cpu()

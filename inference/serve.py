@@ -49,6 +49,7 @@ import threading
 import time
 import traceback
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
@@ -68,6 +69,7 @@ JSON_HEADERS = [("Content-Type", "application/json")]
 DRAIN_QUIET_SECONDS = 0.3  # idle this long (nothing in flight) before a stopping server exits
 DRAIN_MAX_SECONDS = 30.0
 LOOP_TIMEOUT = 0.2
+PRIVATE_UMASK = 0o077  # files 0600, directories 0700
 
 
 def _json(status: int, document: Any) -> tuple[str, list, bytes]:
@@ -196,28 +198,144 @@ class JsonErrorChannel(HTTPChannel):
     error_task_class = JsonErrorTask
 
 
+class GuardedChannel(JsonErrorChannel):
+    """A connection that remembers when its current (incomplete) request began."""
+
+    request_started = 0.0
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None:
+            self.request_started = time.time()
+        return super().received(data)
+
+
 class Server(TcpWSGIServer):
-    channel_class = JsonErrorChannel
+    """waitress's listener, guarded against clients that hold connections.
+
+    waitress stops accepting at its connection limit, so idle connections could leave every new
+    client waiting in the kernel queue. This listener always accepts: at ``connection_limit``
+    connections it closes the longest-idle connection that has no request being answered, and
+    when every connection is busy it answers a quick JSON 503 and closes. Connections idle for
+    ``channel_timeout`` seconds, or whose request (headers and body) has not fully arrived after
+    ``request_timeout`` seconds, are closed (slow clients)."""
+
+    channel_class = GuardedChannel
+    request_timeout = 30.0
+
+    def readable(self) -> bool:
+        now = time.time()
+        if now >= self.next_channel_cleanup:
+            self.next_channel_cleanup = now + self.adj.cleanup_interval
+            self.maintenance(now)
+        return bool(self.accepting)
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)
+        cutoff = now - self.request_timeout
+        for channel in list(self.active_channels.values()):
+            if channel.request is not None and not channel.requests and channel.request_started < cutoff:
+                channel.will_close = True
+
+    def handle_accept(self) -> None:
+        if len(self.active_channels) >= self.adj.connection_limit and not self._evict_idle():
+            self._refuse_busy()
+            return
+        super().handle_accept()
+
+    def _evict_idle(self) -> bool:
+        """Close the connection idle longest among those with nothing in flight."""
+        idle = [c for c in self.active_channels.values()
+                if not c.requests and not c.total_outbufs_len and not c.will_close]
+        if not idle:
+            return False
+        min(idle, key=lambda c: c.last_activity).handle_close()
+        return True
+
+    def _refuse_busy(self) -> None:
+        try:
+            conn, _ = self.socket.accept()
+        except OSError:
+            return
+        body = json.dumps({"error": f"server busy: all {self.adj.connection_limit} connections have "
+                                    "requests in flight; retry shortly", "status": 503}).encode()
+        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
+        try:
+            conn.setblocking(False)
+            conn.send(head + body)
+            conn.shutdown(socket.SHUT_WR)
+            conn.recv(65536)  # what the client already sent: closing unread data would reset
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+class HealthApp:
+    """The health port's WSGI app: ``GET``/``HEAD /ping`` only (never ``/invocations``)."""
+
+    def __init__(self, info: dict):
+        self.info = info
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
+        if path != "/ping":
+            status, headers, body = _json(404, {"error": "not found: the health port serves GET /ping only",
+                                                "status": 404})
+        elif method not in ("GET", "HEAD"):
+            status, headers, body = _json(405, {"error": f"{method} not allowed on /ping; use GET", "status": 405})
+        else:
+            status, headers, body = _json(200, {"status": "Healthy", **self.info})
+        start_response(status, headers)
+        return [body]
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How many connections a listener holds and how long it waits on a client."""
+
+    max_connections: int = 200
+    idle_timeout: int = 30
+    request_timeout: int = 30
+    health_connections: int = 32
+
+
+def _listener(app: Any, adj: Adjustments, dispatcher: ThreadedTaskDispatcher, request_timeout: float,
+              sock: Optional[socket.socket] = None) -> Server:
+    """A guarded waitress listener on its own socket map (own connection count)."""
+    if sock is None:
+        server = Server(app, {}, _start=True, dispatcher=dispatcher, adj=adj)
+    else:
+        server = Server(app, {}, _start=False, _sock=sock, dispatcher=dispatcher, adj=adj, bind_socket=False,
+                        sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
+    server.request_timeout = float(request_timeout)
+    return server
 
 
 class ModelServer:
     """The health listener, the public listener, the control socket and the event loop."""
 
     def __init__(self, app: InferenceApp, public: socket.socket, *, threads: int, max_body: int,
-                 standby: bool, control_path: Optional[str], ready_file: Optional[str]):
+                 standby: bool, control_path: Optional[str], ready_file: Optional[str],
+                 limits: ConnectionLimits = ConnectionLimits()):
         self.app = app
-        self.map: dict = {}
-        self.adj = Adjustments(host="127.0.0.1", port=0, threads=threads, ident="imgpipe",
-                               max_request_body_size=max_body, channel_timeout=60,
-                               expose_tracebacks=False, asyncore_use_poll=True)
+        common = dict(host="127.0.0.1", port=0, ident="imgpipe", max_request_body_size=max_body,
+                      expose_tracebacks=False, asyncore_use_poll=True, cleanup_interval=1,
+                      channel_timeout=limits.idle_timeout)
+        self.adj = Adjustments(threads=threads, connection_limit=limits.max_connections, **common)
         self.dispatcher = ThreadedTaskDispatcher()
         self.dispatcher.set_thread_count(threads)
-        self.health = Server(app, self.map, _start=True, dispatcher=self.dispatcher, adj=self.adj)
+        # the health port: its own socket map, connection count and thread, so neither held
+        # connections nor busy request threads on the public port can delay its /ping
+        self.health_dispatcher = ThreadedTaskDispatcher()
+        self.health_dispatcher.set_thread_count(1)
+        health_adj = Adjustments(threads=1, connection_limit=limits.health_connections, **common)
+        self.health = _listener(HealthApp(app.info), health_adj, self.health_dispatcher, limits.request_timeout)
         public.setblocking(False)
         self.listener = public
-        self.public = Server(app, self.map, _start=False, _sock=public, dispatcher=self.dispatcher,
-                             adj=self.adj, bind_socket=False,
-                             sockinfo=(public.family, public.type, public.proto, public.getsockname()))
+        self.public = _listener(app, self.adj, self.dispatcher, limits.request_timeout, sock=public)
+        self.map = self.public._map
+        self.health_done = threading.Event()
         self.active = threading.Event()
         self.stopping = threading.Event()
         self.control_path = control_path
@@ -228,11 +346,11 @@ class ModelServer:
     # -- commands (any thread) ---------------------------------------------------------
     def activate(self) -> None:
         self.active.set()
-        self.health.pull_trigger()
+        self.public.pull_trigger()
 
     def stop(self) -> None:
         self.stopping.set()
-        self.health.pull_trigger()
+        self.public.pull_trigger()
 
     def status(self) -> dict:
         return {"pid": os.getpid(), "active": self.active.is_set(), "stopping": self.stopping.is_set(),
@@ -260,7 +378,15 @@ class ModelServer:
                     and obj.request is None):
                 obj.handle_close()
 
+    def _serve_health(self) -> None:
+        while not self.health_done.is_set():
+            wasyncore.loop(timeout=LOOP_TIMEOUT, map=self.health._map, use_poll=True, count=1)
+        self.health_dispatcher.shutdown(timeout=2)
+        wasyncore.close_all(self.health._map)
+
     def serve(self) -> None:
+        health = threading.Thread(target=self._serve_health, daemon=True, name="health")
+        health.start()
         self._start_control()
         self._write_ready()
         LOG.info("serving on 127.0.0.1:%s (health port %s)%s", self.listener.getsockname()[1],
@@ -284,6 +410,9 @@ class ModelServer:
         self.dispatcher.shutdown(timeout=5)
         wasyncore.close_all(self.map)
         self.listener.close()
+        self.health_done.set()
+        self.health.pull_trigger()
+        health.join(timeout=5)
         LOG.info("stopped after %d requests", self.app.requests)
 
     def _write_ready(self) -> None:
@@ -377,6 +506,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--ready-file", help="JSON written once the model is loaded and warm")
     parser.add_argument("--threads", type=int, default=4, help="request threads")
     parser.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--max-connections", type=int, default=ConnectionLimits.max_connections,
+                        help="open connections on the public port; beyond it the longest-idle one is closed, "
+                             "or a busy server answers 503")
+    parser.add_argument("--idle-timeout", type=int, default=ConnectionLimits.idle_timeout,
+                        help="seconds a connection may stay idle")
+    parser.add_argument("--request-timeout", type=int, default=ConnectionLimits.request_timeout,
+                        help="seconds a request's headers and body may take to arrive")
     parser.add_argument("--capture-dir", help="data capture directory")
     parser.add_argument("--capture-percent", type=int, default=0, help="share of invocations captured")
     parser.add_argument("--endpoint-name", default="", help="reported by /ping")
@@ -386,6 +522,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    os.umask(PRIVATE_UMASK)  # data capture (request bodies) and logs: this user only
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     import torch
 
@@ -408,7 +545,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     app = InferenceApp(handler, model, info=info, capture=capture)
     max_body = handler.Limits.from_env().max_payload_bytes
     server = ModelServer(app, public, threads=args.threads, max_body=max_body, standby=args.standby,
-                         control_path=args.control, ready_file=args.ready_file)
+                         control_path=args.control, ready_file=args.ready_file,
+                         limits=ConnectionLimits(args.max_connections, args.idle_timeout, args.request_timeout))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
     server.serve()

@@ -8,6 +8,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from pipelines.private_state import tighten_home, use_private_umask
+from pipelines.settings import Settings
+
 # Modules that add commands. Each defines register(subparsers) and sets a ``func`` default.
 COMMAND_MODULES = (
     "pipelines.datasets",  # imgpipe data sample
@@ -35,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    use_private_umask()  # the home, database, logs and captured data: this user only
+    tighten_home(getattr(args, "home", None) or Settings().home)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -264,6 +264,50 @@ def load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> Optional[dict[st
     return state
 
 
+FEW_STEPS = 100  # below this many optimizer steps, batch-norm statistics are re-estimated
+
+
+def reestimate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                         device: torch.device) -> int:
+    """Recompute the running mean/variance of every batch-norm layer in train mode as the exact
+    average over ``batches`` (un-augmented); returns how many layers were updated.
+
+    After few steps the running statistics are still mostly ImageNet's (momentum 0.1: 0.9**9 =
+    39% after 9 steps), while the weights have moved: the model scores well in train mode and at
+    chance in eval mode. Frozen layers (eval mode) are left alone."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if not layers:
+        return 0
+    momenta = [m.momentum for m in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average
+    with torch.no_grad():
+        for images, _ in batches:
+            model(normalize_batch(images.to(device), IMAGENET_MEAN, IMAGENET_STD))
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    return len(layers)
+
+
+def chance_level_warning(valid_accuracy: float, num_classes: int, args: argparse.Namespace, steps: int) -> str:
+    """A warning line when the best model is no better than guessing ('' otherwise).
+
+    Measured cause (one epoch, 420 Fashion-MNIST images, 7 steps): Adam/AdamW at a learning
+    rate of 1e-2 or more moves every pretrained weight by about the learning rate per step, so a
+    few steps wreck the ImageNet features; the logits blow up (valid loss ~33) and the network
+    answers one class for every image. Batch-norm running statistics lag as well, but
+    re-estimating them only brings such a model to ~0.38. With more epochs the cosine decay
+    gives it time to recover, which is why only very short runs show it."""
+    chance = 1.0 / max(1, num_classes)
+    if num_classes < 2 or valid_accuracy > chance + 0.1 * (1 - chance):
+        return ""
+    return (f"warning: valid_accuracy={valid_accuracy:.4f} is at chance level (1/{num_classes} = {chance:.4f}): "
+            f"the model did not learn in {steps} optimizer steps at learning rate {args.learning_rate:g} "
+            f"with {args.optimizer}. Pretrained networks need a small learning rate for adam/adamw "
+            "(about 1e-3 or less) and more steps: raise the epochs, lower the batch size or the learning rate.")
+
+
 def load_data(args: argparse.Namespace, device: torch.device) -> tuple[list[str], list, Any, Any]:
     """(classes, train samples, train batches, valid batches); train and valid must have the same classes."""
     classes, train_samples = list_image_folder(args.train_dir)
@@ -363,6 +407,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         hook.set_mode(train=True)
         set_train_mode(model, args.arch, args.freeze_backbone)
         train_stats = run_epoch(model, train_batches, loss_fn, device, optimizer, scheduler, scaler, args.augment, generator, amp_dtype)
+        if epoch * steps_per_epoch < FEW_STEPS:
+            reestimate_batchnorm(model, train_batches, device)
         hook.set_mode(train=False)
         model.eval()
         valid_stats = run_epoch(model, valid_batches, loss_fn, device, amp_dtype=amp_dtype)
@@ -387,6 +433,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if best_state is not None:
         model.load_state_dict(best_state)
     print(f"final best_epoch={best['epoch']} valid_loss={best['valid_loss']:.4f} valid_accuracy={best['valid_accuracy']:.4f}", flush=True)
+    warning = chance_level_warning(best["valid_accuracy"], len(classes), args, steps_per_epoch * len(history))
+    if warning:
+        print(warning, flush=True)
     meta = model_meta(args, classes, best, epochs_run=len(history), train_images=len(train_samples))
     save_model(args.model_dir, model, meta)
     Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)

@@ -449,6 +449,8 @@ class LocalHosting:
 
     def _healthy(self, state: dict) -> bool:
         try:
+            if state.get("HealthPort"):  # the server's own health port: never starved by clients
+                return http_get("127.0.0.1", int(state["HealthPort"]), "/ping")[0] == 200
             return http_get(state["Host"], int(state["Port"]), "/ping")[0] == 200
         except OSError:
             return False

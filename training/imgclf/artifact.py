@@ -67,17 +67,33 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Safely extract ``model.tar.gz`` (no absolute paths, links or ``..``) into ``dest``."""
+    """Safely extract ``model.tar.gz`` into ``dest``: only regular files and directories whose
+    resolved paths stay inside ``dest``. Absolute names, ``..``, symbolic and hard links and
+    device files are refused with :class:`ArtifactError` before anything is written."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
     with tarfile.open(archive, "r:*") as tar:
         members = tar.getmembers()
         for member in members:
-            target = (dest / member.name).resolve()
-            if not (member.isfile() or member.isdir()) or not str(target).startswith(str(dest.resolve())):
-                raise ArtifactError(f"{archive}: refusing unsafe member {member.name!r}")
-        tar.extractall(dest, members=members)
+            check_member(member, root, archive)
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.8.17 / 3.11.4: a second line of defence
+            tar.extractall(dest, members=members, filter="data")
+        else:  # pragma: no cover - older Pythons in some SageMaker containers
+            tar.extractall(dest, members=members)
     return dest
+
+
+def check_member(member: tarfile.TarInfo, root: Path, archive: str | os.PathLike = "archive") -> None:
+    """Raise :class:`ArtifactError` unless ``member`` is a file or directory inside ``root``."""
+    name = member.name
+    if not (member.isfile() or member.isdir()):
+        kind = "link" if member.issym() or member.islnk() else "special file"
+        raise ArtifactError(f"{archive}: refusing {kind} member {name!r} (only files and directories)")
+    if name.startswith(("/", "\\")) or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ArtifactError(f"{archive}: refusing member {name!r} (absolute path or '..')")
+    if not (root / name).resolve().is_relative_to(root):
+        raise ArtifactError(f"{archive}: refusing member {name!r}: it would land outside {root}")
 
 
 def create_archive(model_dir: str | os.PathLike, archive: str | os.PathLike) -> Path:

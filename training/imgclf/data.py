@@ -37,13 +37,20 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[st
     return classes, samples
 
 
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """The size :func:`square_resize` scales a ``width`` x ``height`` image to before cropping:
+    the shorter side becomes ``size``, so a long thin image grows to ``size`` x (aspect ratio x
+    ``size``) pixels (what a server checks before it resizes anything)."""
+    scale = size / min(width, height)
+    return max(size, round(width * scale)), max(size, round(height * scale))
+
+
 def square_resize(image: Image.Image, size: int) -> Image.Image:
     """Apply EXIF orientation, resize the shorter side to ``size`` and centre-crop to
     ``size`` x ``size`` (the same in preprocessing, training, evaluation and inference)."""
     image = ImageOps.exif_transpose(image).convert("RGB")
     width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    new_w, new_h = resized_size(width, height, size)
     if (new_w, new_h) != (width, height):
         image = image.resize((new_w, new_h), Image.BILINEAR)
     left, top = (new_w - size) // 2, (new_h - size) // 2
