@@ -14,11 +14,12 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
 from iamcheck import ADMIN_POLICY, allowed, enforce, fill, policy_blocks, principal, without_each_statement
-from test_buildspec import BUCKET, buildspec, codebuild_env, commands, moto_server  # noqa: F401 - fixtures
+import test_buildspec
+from test_buildspec import BUCKET, codebuild_env, commands
 
 REPO = Path(__file__).resolve().parent.parent
+buildspec, moto_server = test_buildspec.buildspec, test_buildspec.moto_server  # the same fixtures
 STOCK = json.loads((REPO / "tests/data/iam/AmazonSageMakerServiceCatalogProductsCodeBuildServiceRolePolicy.json").read_text())
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -36,7 +37,7 @@ def documented_codebuild_policy(project: str, project_id: str) -> dict:
                          "PIPELINE_ROLE_ARN": PIPELINE_ROLE})
 
 
-def run_build(buildspec, endpoint: str, home: Path, monkeypatch, project: str, policy: dict,  # noqa: F811
+def run_build(buildspec, endpoint: str, home: Path, monkeypatch, project: str, policy: dict,
               audit: list | None = None, builds: int = 1) -> tuple[subprocess.CompletedProcess, dict]:
     """The build phase as a principal holding only ``policy``, ``builds`` times (the first
     creates the pipelines, the next update them); (last process, admin client keys)."""
@@ -46,6 +47,9 @@ def run_build(buildspec, endpoint: str, home: Path, monkeypatch, project: str, p
         keys = keys or {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
         return boto3.client(service, endpoint_url=endpoint, region_name=REGION, **keys)
 
+    import requests
+
+    requests.post(f"{endpoint}/moto-api/reset", timeout=30)  # moto's state is per process
     client("s3").create_bucket(Bucket=BUCKET)
     iam = client("iam")
     iam.create_role(RoleName="AmazonSageMakerServiceCatalogProductsExecutionRole", Path="/service-role/",
@@ -78,7 +82,7 @@ def check_pipelines(endpoint: str, admin: dict, name: str, executions: int = 1) 
     assert sm.describe_pipeline(PipelineName=f"{name}-deploy")["PipelineName"] == f"{name}-deploy"
 
 
-def test_build_phase_with_the_stock_codebuild_policy(buildspec, moto_server, tmp_path, monkeypatch):  # noqa: F811
+def test_build_phase_with_the_stock_codebuild_policy(buildspec, moto_server, tmp_path, monkeypatch):
     """A project name with capitals; the stock policy exactly as AWS publishes it."""
     project = "ImgPipe-Vision"
     done, admin = run_build(buildspec, moto_server, tmp_path, monkeypatch, project, STOCK["Document"])
@@ -88,7 +92,7 @@ def test_build_phase_with_the_stock_codebuild_policy(buildspec, moto_server, tmp
     assert "triggers: not applied from CodeBuild" in done.stdout
 
 
-def test_build_phase_with_the_documented_least_privilege_policy(buildspec, moto_server, tmp_path, monkeypatch):  # noqa: F811
+def test_build_phase_with_the_documented_least_privilege_policy(buildspec, moto_server, tmp_path, monkeypatch):
     """A project name with capitals, at SageMaker's 32-character limit; then the policy is
     minimal: without any one statement some request the build made is denied."""
     project, project_id = "ImgPipe-Image-Classification-X12", "p-1a2b3c4d5e6f"
@@ -106,7 +110,7 @@ def test_build_phase_with_the_documented_least_privilege_policy(buildspec, moto_
         assert denied, f"statement {sid} of docs/aws.md's CodeBuild policy is not needed"
 
 
-def test_a_missing_permission_is_one_line_naming_action_and_resource(buildspec, moto_server, tmp_path, monkeypatch):  # noqa: F811
+def test_a_missing_permission_is_one_line_naming_action_and_resource(buildspec, moto_server, tmp_path, monkeypatch):
     project = "imgpipe"
     policy = documented_codebuild_policy(project, "p-1a2b3c4d5e6f")
     policy["Statement"] = [s for s in policy["Statement"] if s.get("Sid") != "PassThePipelineRole"]
