@@ -324,7 +324,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    """``imgpipe triggers apply``."""
+    """``imgpipe triggers apply|template|deploy``."""
     triggers = subparsers.add_parser("triggers", help="approval-deploy rule and retraining schedule")
     sub = triggers.add_subparsers(dest="triggers_command", metavar="SUBCOMMAND")
     sub.required = True
@@ -345,3 +345,6 @@ def register(subparsers) -> None:
     apply.add_argument("--tags", default=None, help='JSON list of {"Key": ..., "Value": ...}')
     apply.add_argument("--region", default=None)
     apply.set_defaults(func=cmd_apply)
+    from pipelines.triggers_template import register as register_template
+
+    register_template(sub)
