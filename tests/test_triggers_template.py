@@ -9,8 +9,8 @@ import pytest
 from awsfakes import fake_aws
 from test_triggers import ACCOUNT, GROUP, REGION, event
 
-from pipelines.triggers import TriggerSettings, event_pattern
-from pipelines.triggers_template import TEMPLATE, stack_parameters
+from pipelines.aws.triggers import TriggerSettings, event_pattern
+from pipelines.aws.triggers_template import TEMPLATE, stack_parameters
 
 LONG = "ImgPipe-Image-Classification-X12-p-1a2b3c4d5e6f-deploy"
 

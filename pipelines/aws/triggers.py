@@ -345,6 +345,6 @@ def register(subparsers) -> None:
     apply.add_argument("--tags", default=None, help='JSON list of {"Key": ..., "Value": ...}')
     apply.add_argument("--region", default=None)
     apply.set_defaults(func=cmd_apply)
-    from pipelines.triggers_template import register as register_template
+    from pipelines.aws.triggers_template import register as register_template
 
     register_template(sub)

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from pipelines.triggers import TriggerError, TriggerSettings
+from pipelines.aws.triggers import TriggerError, TriggerSettings
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "infra" / "triggers.yml"
+TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "triggers.yml"
 
 
 def template_text() -> str:
@@ -78,7 +78,7 @@ def deploy_stack(cloudformation: Any, stack_name: str, parameters: dict[str, str
 
 
 def _parameters_from_args(args: argparse.Namespace, session: Optional[Any]) -> dict[str, str]:
-    from pipelines.triggers import settings_from_args
+    from pipelines.aws.triggers import settings_from_args
 
     region, account = args.region, args.account
     if session is not None:
@@ -91,7 +91,7 @@ def _parameters_from_args(args: argparse.Namespace, session: Optional[Any]) -> d
 
 def cmd_template(args: argparse.Namespace) -> int:
     """``imgpipe triggers template``: the template, or with ``--parameters`` its values (JSON)."""
-    from pipelines._utils import UsageError
+    from pipelines.common import UsageError
 
     try:
         if not args.parameters:
@@ -107,7 +107,8 @@ def cmd_template(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     """``imgpipe triggers deploy``: create or update the stack."""
-    from pipelines._utils import UsageError, parse_tags
+    from pipelines.common import UsageError
+    from pipelines.pipeline_args import parse_tags
     from pipelines.run_pipeline import _error_message
 
     try:
