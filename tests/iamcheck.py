@@ -7,19 +7,23 @@ moto/core/authorization.py, moto/iam/access_control.py):
 
 * every request is authenticated (SigV4 signature, access key of an IAM user or assumed role)
   and its **action** is checked against the principal's identity policies, for every service;
-* **resources** only for S3 (``arn:aws:s3:::bucket/key``), IAM roles, SQS queues and STS. Every
+* **resources** only for S3 (``arn:aws:s3:::bucket/key``), IAM roles (only roles that exist: a
+  request on a role not created yet, e.g. ``GetRole`` before ``CreateRole``, is checked against
+  ``"*"``), SQS queues and STS. Every
   other service's request is checked against resource ``"*"``: a statement scoped to an ARN
   never matches it, so on its own moto would deny every least-privilege SageMaker statement;
 * identity-policy **conditions** are ignored (``iam:PassedToService`` always passes); only
   ``StringEquals`` in role trust policies is evaluated;
 * ``iam:PassRole`` is never checked (AWS checks it whenever a call passes a role);
+* a request with an empty body (a REST ``GET``) is signed over moto's parsed parameters instead of
+  the empty payload: every Scheduler ``GetSchedule`` fails with ``SignatureDoesNotMatch``;
 * S3's ``HeadBucket`` is checked as ``s3:HeadBucket``, which is no IAM action (AWS checks
   ``s3:ListBucket``); S3 denials say ``Access Denied`` without action or resource.
 
 :func:`enforce` fills the gaps for the calls imgpipe makes: the resource ARN of each SageMaker,
 SageMaker runtime, EventBridge, Scheduler and CloudFormation request (SageMaker ARNs with the
 name lower-cased, as SageMaker writes them), ``iam:PassRole`` on every role a request passes,
-``s3:ListBucket`` for ``HeadBucket``,
+``s3:ListBucket`` for ``HeadBucket``, the signature of empty bodies,
 and AWS's wording of a denial (``... is not authorized to perform: A on resource: R``).
 """
 from __future__ import annotations
@@ -99,6 +103,8 @@ def resource_of(response) -> str:
     if service == "scheduler" and "/schedules/" in response.path:
         name = response.path.split("/schedules/")[1].split("?")[0].strip("/")
         return f"arn:aws:scheduler:{region}:{account}:schedule/default/{name}"
+    if service == "iam" and response._get_param("RoleName"):  # moto: "*" when the role does not exist yet
+        return f"arn:aws:iam::{account}:role/{response._get_param('RoleName')}"
     if service == "cloudformation":
         name = response._get_param("StackName")
         return f"arn:aws:cloudformation:{region}:{account}:stack/{name}/*" if name else "*"
@@ -163,6 +169,14 @@ def enforce(monkeypatch, audit: Optional[list] = None) -> Iterator[None]:
                                 f"to perform: {self._action} on resource: {resource}")
         raise Denied(self._access_key.arn, self._action, resource)
 
+    original_request = access_control.IAMRequestBase._create_aws_request
+
+    def signed_request(self):
+        request = original_request(self)
+        if not self._body and self._method in ("GET", "HEAD", "DELETE"):  # moto signs a GET's empty body as its parsed parameters (Scheduler)
+            request.data = b""
+        return request
+
     original_authorize = ActionAuthenticatorMixin._authenticate_and_authorize_normal_action
 
     def authorize(self, resource: str = "*") -> None:
@@ -177,6 +191,7 @@ def enforce(monkeypatch, audit: Optional[list] = None) -> Iterator[None]:
             request.check_action_permitted(role)
 
     monkeypatch.setattr(access_control.IAMRequestBase, "check_action_permitted", check)
+    monkeypatch.setattr(access_control.IAMRequestBase, "_create_aws_request", signed_request)
     monkeypatch.setattr(access_control.IAMRequest, "_raise_access_denied", deny)
     monkeypatch.setattr(ActionAuthenticatorMixin, "_authenticate_and_authorize_normal_action", authorize)
     with enable_iam_authentication():
