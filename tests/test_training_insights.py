@@ -131,7 +131,8 @@ def test_many_epochs_past_the_best_on_a_tiny_set_are_caught(tmp_path, digits):
     tiny = tmp_path / "tiny"
     sample_dataset("digits", tiny, per_class=3)
     tensorboard = run_training(tmp_path / "job", tiny, "--pretrained", "true", "--learning-rate", "0.05",
-                               "--valid-dir", str(digits), "--epochs", "12", "--batch-size", "10")
+                               "--valid-dir", str(digits), "--epochs", "12", "--batch-size", "10",
+                               "--bn-recalibration-steps", "0")  # memorise the 30 images as fast as possible
     insights = analyze(tensorboard, tmp_path / "out")
     assert statuses(insights)["Overtraining"] == "IssuesFound", verdict_lines(insights)
     assert statuses(insights)["Overfit"] == "IssuesFound", verdict_lines(insights)

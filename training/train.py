@@ -79,6 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--early-stopping-patience", type=int, default=0, help="stop after this many epochs without a better valid_accuracy (0 = off)")
     parser.add_argument("--max-train-images", type=int, default=0, help="train on a stratified random subset of this many images (0 = all)")
     parser.add_argument("--seed", type=int, default=42, help="random seed")
+    parser.add_argument("--bn-recalibration-steps", type=int, default=100,
+                        help="while fewer optimizer steps than this have run, recompute the batch-norm statistics "
+                             "over the training images after each epoch (0 = never)")
     parser.add_argument("--mixed-precision", default="auto", choices=("auto", "bf16", "fp16", "off"),
                         help="autocast on a GPU: auto = bf16 where supported, else fp16 with gradient scaling")
     parser.add_argument("--workers", type=int, default=int(env("SM_NUM_CPUS", os.cpu_count() or 1)), help="processes for image decoding")
@@ -293,9 +296,6 @@ def load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> Optional[dict[st
     return state
 
 
-FEW_STEPS = 100  # below this many optimizer steps, batch-norm statistics are re-estimated
-
-
 def reestimate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                          device: torch.device) -> int:
     """Recompute the running mean/variance of every batch-norm layer in train mode as the exact
@@ -477,7 +477,7 @@ def fit(args: argparse.Namespace, session: Session, progress: Progress, checkpoi
         train_stats = run_epoch(s.model, s.train_batches, s.loss_fn, s.device, s.optimizer, s.scheduler, s.scaler,
                                 args.augment, s.generator, s.amp_dtype, recorder)
         progress.global_step += len(s.train_batches)
-        if epoch * len(s.train_batches) < FEW_STEPS:
+        if epoch * len(s.train_batches) < args.bn_recalibration_steps:
             with recorder.paused() if recorder is not None else nullcontext():
                 reestimate_batchnorm(s.model, s.train_batches, s.device)
         hook.set_mode(train=False)
