@@ -46,7 +46,12 @@ REPORT_NAME = "smoke-test.json"
 
 
 class SmokeTestFailed(RuntimeError):
-    """The endpoint answered wrongly, failed, or is not accurate enough."""
+    """The endpoint answered wrongly, failed, or is not accurate enough (``report``: the results,
+    empty when nothing was sent)."""
+
+    def __init__(self, message: str, report: Optional[dict] = None):
+        super().__init__(message)
+        self.report = report or {}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -229,10 +234,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = smoke_test(hosting, args.endpoint_name, images, deployment["Targets"],
                             args.max_accuracy_drop, args.min_accuracy)
     except SmokeTestFailed as exc:
-        recovery = recover(args, hosting, deployment) if args.deployment_report and len(exc.args) > 1 else ""
-        failed = {**(exc.args[1] if len(exc.args) > 1 else {}), "recovery": recovery}
-        _write(args.output_dir, failed)
-        return fail(f"SmokeTest failed: {exc.args[0]}" + (f"; {recovery}" if recovery else ""))
+        recovery = recover(args, hosting, deployment) if args.deployment_report and exc.report else ""
+        _write(args.output_dir, {**exc.report, "recovery": recovery})
+        return fail(f"SmokeTest failed: {exc}" + (f"; {recovery}" if recovery else ""))
     except Exception as exc:  # noqa: BLE001 - the job's failure reason, then a non-zero exit
         return fail(f"SmokeTest failed: {type(exc).__name__}: {exc}")
     _write(args.output_dir, report)

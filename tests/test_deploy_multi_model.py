@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import pytest
 from awsfakes import CAPTURE, ENDPOINT, ROLE, WHEN, endpoint_description, fake_aws, load_step
