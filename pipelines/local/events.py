@@ -16,10 +16,13 @@ package's ``ModelPackageGroupName``. Locally:
   the endpoint is left as it is and the bus says so.
 
 Wiring: :func:`local_registry` gives a :class:`LocalModelRegistry` whose ``update_approval``
-publishes to the bus (the registry itself has no side effects unless given the callback).
+and ``register`` publish to the bus (SageMaker emits the state change for a new package too: one
+registered ``Approved`` deploys); the registry itself has no side effects unless given the
+callback. The local engine's CreateModelPackage uses it.
 
-Deploy parameters beyond the group (``EndpointName``, ``SmokeTestMinAccuracy``, ...) come from
-``deploy_parameters`` or the ``IMGPIPE_DEPLOY_PARAMETERS`` environment variable (a JSON object),
+Deploy parameters beyond the group (``EndpointName``, ``EndpointMode``, ...) come from
+``deploy_parameters`` (``imgpipe models approve -p``, checked by :func:`check_deploy_parameters`)
+over the ``IMGPIPE_DEPLOY_PARAMETERS`` environment variable (a JSON object),
 like the rule's configured ``SageMakerPipelineParameters`` on AWS; unset ones take the deploy
 pipeline's defaults.
 """
