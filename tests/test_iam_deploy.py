@@ -108,6 +108,7 @@ def register(sm, execution: str) -> str:
         ModelMetrics={"ModelQuality": {"Statistics": {
             "ContentType": "application/json",
             "S3Uri": f"s3://sagemaker-project-p-1a2b3c4d5e6f/{GROUP}/{execution}/EvaluateModel/output/evaluation/evaluation.json"}}},
+        CustomerMetadataProperties={"test_accuracy": "0.9"},  # the evaluated accuracy the smoke test compares with
     )["ModelPackageArn"]
 
 
@@ -142,18 +143,20 @@ def run_steps(session, monkeypatch, tmp_path, policy: dict, audit: list) -> dict
     keys = principal(iam, "deployer", policy)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["aws_access_key_id"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["aws_secret_access_key"])
-    monkeypatch.setenv("SM_OUTPUT_FAILURE", str(tmp_path / "failure"))
     results = {}
     with enforce(monkeypatch, audit):
+        monkeypatch.setenv("SM_OUTPUT_FAILURE", str(tmp_path / "failure-created"))  # each step its own reason
         results["created"] = deploy.main(deploy_argv(tmp_path / "created"))
         import boto3
 
         second = register(boto3.client("sagemaker", region_name=REGION, **admin), "exec-2")
+        monkeypatch.setenv("SM_OUTPUT_FAILURE", str(tmp_path / "failure-updated"))
         results["updated"] = deploy.main(deploy_argv(tmp_path / "updated"))
         queue_answers(["shirt", "boot", "shirt", "boot"])  # every answer wrong: accuracy 0
+        monkeypatch.setenv("SM_OUTPUT_FAILURE", str(tmp_path / "failure-smoke"))
         results["smoke"] = smoke.main([
-            "--endpoint-name", ENDPOINT, "--test-dir", str(tmp_path / "test"), "--min-accuracy", "0.5",
-            "--region", REGION, "--deploy-action", "Updated", "--previous-package-arn", first,
+            "--endpoint-name", ENDPOINT, "--test-dir", str(tmp_path / "test"),
+            "--region", REGION, "--deployment-report", str(tmp_path / "updated" / "deployment.json"),
             "--data-capture-url", CAPTURE, "--model-role-arn", MODEL_ROLE, "--output-dir", str(tmp_path / "smoke")])
     results.update(first=first, second=second, admin=admin)
     return results
@@ -169,12 +172,13 @@ def test_deploy_and_smoke_test_under_the_documented_policy_which_is_minimal(aws,
     policy = documented_pipeline_role_statements()
     audit: list = []
     results = run_steps(aws, monkeypatch, tmp_path, policy, audit)
-    failure = (tmp_path / "failure").read_text() if (tmp_path / "failure").exists() else ""
-    assert results["created"] == 0 and results["updated"] == 0, failure
+    reasons = {p.name: p.read_text() for p in tmp_path.glob("failure-*")}
+    assert results["created"] == 0 and results["updated"] == 0, reasons
+    failure = reasons.get("failure-smoke", "")
     assert json.loads((tmp_path / "created" / "deployment.json").read_text())["Action"] == "Created"
     updated = json.loads((tmp_path / "updated" / "deployment.json").read_text())
     assert updated["Action"] == "Updated" and updated["PreviousModelPackageArn"] == results["first"]
-    assert results["smoke"] == 1 and "accuracy 0.0000 on 4 held-out images" in failure
+    assert results["smoke"] == 1 and "accuracy 0.0000 of" in failure and "on 4 held-out images" in failure
     assert f"rolled {ENDPOINT} back to {results['first']}" in failure and "Updated" in failure, failure
     assert served(aws, results["admin"]) == results["first"]
 
@@ -199,5 +203,5 @@ def test_a_missing_statement_fails_the_step_naming_action_and_resource(aws, monk
     policy["Statement"] = [s for s in policy["Statement"] if s.get("Sid") != "PassTheModelRole"]
     results = run_steps(aws, monkeypatch, tmp_path, policy, [])
     assert results["created"] == 1
-    failure = (tmp_path / "failure").read_text()
+    failure = (tmp_path / "failure-created").read_text()
     assert "iam:PassRole" in failure and MODEL_ROLE in failure, failure
