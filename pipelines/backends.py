@@ -66,14 +66,31 @@ class ModelRegistry(Protocol):
 
 
 class Hosting(Protocol):
-    """What the deploy pipeline and the CLI need from a model host (SageMaker or local)."""
+    """What the deploy pipeline and the CLI need from a model host (SageMaker or local).
+
+    ``deploy_multi_model`` serves every given package behind one endpoint, each as the target
+    model :func:`target_model_name`; calling it again with another set changes the served set
+    without restarting the endpoint. It returns what ``deploy`` returns plus ``"Mode":
+    "MultiModel"`` and ``"TargetModels"``. ``describe_endpoint`` includes ``"Mode"``
+    (``"SingleModel"``/``"MultiModel"``) and, for a multi-model endpoint, ``"TargetModels"``."""
 
     def deploy(self, endpoint_name: str, model_package: dict, *, instance_type: str,
                instance_count: int, data_capture_percent: int) -> dict: ...
     def describe_endpoint(self, endpoint_name: str) -> Optional[dict]: ...
     def list_endpoints(self) -> list[dict]: ...
     def delete_endpoint(self, endpoint_name: str) -> None: ...
-    def invoke(self, endpoint_name: str, body: bytes, content_type: str) -> Any: ...
+    def deploy_multi_model(self, endpoint_name: str, model_packages: list[dict], *, instance_type: str,
+                           instance_count: int, data_capture_percent: int) -> dict: ...
+    def invoke(self, endpoint_name: str, body: bytes, content_type: str, *,
+               target_model: Optional[str] = None, accept: Optional[str] = None) -> Any: ...
+
+
+def target_model_name(package: dict) -> str:
+    """A package's target model on a multi-model endpoint: ``v<ModelPackageVersion>/model.tar.gz``."""
+    version = package.get("ModelPackageVersion")
+    if version is None or str(version).strip() == "":
+        raise HostingError(f"model package {package.get('ModelPackageArn')} has no ModelPackageVersion", 400)
+    return f"v{version}/model.tar.gz"
 
 
 def check_approval_status(status: str) -> None:
