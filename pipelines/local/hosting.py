@@ -20,6 +20,17 @@ so no connection is refused or reset; the URL and port never change. A new serve
 to start or to answer ``/ping`` is killed and the old one keeps serving (like SageMaker's
 blue/green rollback): :class:`HostingError` says so.
 
+Multi-model endpoints (:meth:`LocalHosting.deploy_multi_model`): one server started with
+``--multi-model`` over ``<home>/endpoints/<name>/multi-model/``, which holds each package's
+archive as its target model ``v<version>/model.tar.gz``. That directory is the source of truth
+(like the S3 prefix of a SageMaker multi-model endpoint): a new set of packages is synced into it
+(archives copied aside and renamed into place, dropped ones removed) and the running server serves
+it from the next request, without a restart. Models load on first use and are evicted
+least-recently-used (``IMGPIPE_MME_MAX_MODELS``, ``IMGPIPE_MME_MAX_BYTES``; docs/endpoints.md).
+
+Every server also answers SageMaker Runtime's ``POST /endpoints/<name>/invocations``: its ``Url``
+is the ``endpoint_url`` to give boto3 (one port per endpoint).
+
 Settings from the environment (the deploy step constructs ``LocalHosting(settings)`` only):
 ``IMGPIPE_ENDPOINT_PORT`` (port of a new endpoint; default 8080, or a free port when 8080 is
 taken; ``0``: always a free port), ``IMGPIPE_ENDPOINT_HOST`` (default 127.0.0.1),
