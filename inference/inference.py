@@ -66,7 +66,7 @@ from torch import nn
 from imgclf.artifact import META_FILE, ArtifactError, extract_archive, load_model
 from imgclf.data import image_to_uint8, normalize_batch, resized_size
 
-try:  # present in AWS's inference containers, not in this project's environment
+try:  # present in AWS's inference containers (and in the test environment), not in imgpipe's
     from sagemaker_inference.errors import GenericInferenceToolkitError as _ErrorBase
 except ImportError:  # pragma: no cover - depends on the container
     _ErrorBase = Exception  # type: ignore[assignment,misc]

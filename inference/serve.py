@@ -675,7 +675,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="seconds a request's headers and body may take to arrive")
     parser.add_argument("--capture-dir", help="data capture directory")
     parser.add_argument("--capture-percent", type=int, default=0, help="share of invocations captured")
-    parser.add_argument("--endpoint-name", default="", help="reported by /ping")
+    parser.add_argument("--endpoint-name", default="", help="reported by /ping; the only EndpointName the "
+                        "runtime route /endpoints/<name>/invocations answers to")
     parser.add_argument("--model-package-arn", default="", help="reported by /ping")
     parser.add_argument("--multi-model", action="store_true",
                         help="serve every model archive under --model-dir, picked per request by its "

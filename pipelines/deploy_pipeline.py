@@ -2,12 +2,15 @@
 
 ::
 
-    Deploy --deployment.json (DeploymentReport: SmokeTestDataUrl)--> SmokeTest
+    Deploy --deployment.json (DeploymentReport: SmokeTestDataUrl; the report itself)--> SmokeTest
     (steps/deploy.py: newest Approved package       (steps/check_endpoint.py: held-out images
-     of ModelPackageGroupName -> model, endpoint     -> EndpointName; fails on any error or
-     config with data capture, create/update         accuracy < SmokeTestMinAccuracy, after
-     EndpointName blue/green, wait InService)        rolling the endpoint back to the
-                                                     PreviousModelPackageArn of the report)
+     of ModelPackageGroupName (EndpointMode          -> each target of EndpointName; fails on any
+     SingleModel), or all of them (MultiModel)       error or an accuracy more than
+     -> model, endpoint config with data capture,    SmokeTestMaxAccuracyDrop below the package's
+     create/update EndpointName blue/green, wait     evaluated one (or below the optional
+     InService)                                      SmokeTestMinAccuracy), after rolling the
+                                                     endpoint back to what it served before, or
+                                                     deleting it (first deployment))
 
 Started by the EventBridge rule of :mod:`pipelines.aws.triggers` when a package of the group is
 approved (deploy it) or rejected (roll back to the newest package still approved), or by hand.
@@ -37,6 +40,7 @@ from sagemaker.workflow.pipeline_context import PipelineSession
 from sagemaker.workflow.properties import PropertyFile
 from sagemaker.workflow.steps import ProcessingStep
 
+from pipelines.backends import ENDPOINT_MODES
 from pipelines.pipeline import FRAMEWORK_VERSION, PY_VERSION, SHARED_CODE, pytorch_image, throttling_retry
 from pipelines.sdk_session import Account, resolve_account
 from pipelines.staged_code import CODE_ROOT, ImgpipePipeline
@@ -56,6 +60,8 @@ class DeployParameters:
     instance_type: ParameterString
     instance_count: ParameterInteger
     capture: ParameterInteger
+    mode: ParameterString
+    max_drop: ParameterFloat
     min_accuracy: ParameterFloat
     test_data: ParameterString
     max_images: ParameterInteger
@@ -69,7 +75,8 @@ class DeployParameters:
 def deploy_parameters(model_package_group_name: str, endpoint_name: str, endpoint_instance_type: str,
                       endpoint_instance_count: int, data_capture_percent: int,
                       smoke_test_min_accuracy: float, smoke_test_max_images: int,
-                      processing_instance_type: str) -> DeployParameters:
+                      processing_instance_type: str, endpoint_mode: str = "SingleModel",
+                      smoke_test_max_accuracy_drop: float = 0.02) -> DeployParameters:
     """The deploy pipeline's parameters with their defaults."""
     return DeployParameters(
         group=ParameterString(name="ModelPackageGroupName", default_value=model_package_group_name),
@@ -77,6 +84,8 @@ def deploy_parameters(model_package_group_name: str, endpoint_name: str, endpoin
         instance_type=ParameterString(name="EndpointInstanceType", default_value=endpoint_instance_type),
         instance_count=ParameterInteger(name="EndpointInstanceCount", default_value=endpoint_instance_count),
         capture=ParameterInteger(name="DataCaptureSamplingPercentage", default_value=data_capture_percent),
+        mode=ParameterString(name="EndpointMode", default_value=endpoint_mode, enum_values=list(ENDPOINT_MODES)),
+        max_drop=ParameterFloat(name="SmokeTestMaxAccuracyDrop", default_value=smoke_test_max_accuracy_drop),
         min_accuracy=ParameterFloat(name="SmokeTestMinAccuracy", default_value=smoke_test_min_accuracy),
         test_data=ParameterString(name="SmokeTestDataUrl", default_value=""),
         max_images=ParameterInteger(name="SmokeTestMaxImages", default_value=smoke_test_max_images),
@@ -97,6 +106,7 @@ class DeployContext:
     processing_image: str
     retries: list[retry.RetryPolicy]
     data_capture_url: str
+    multi_model_url: str
     model_role: str
     bake_seconds: int
 
@@ -131,6 +141,7 @@ def endpoint_arguments(ctx: DeployContext) -> list:
         "--data-capture-percent", params.capture.to_string(),
         "--data-capture-url", ctx.data_capture_url,
         "--model-role-arn", ctx.model_role,
+        "--multi-model-url", ctx.multi_model_url,
     ]
 
 
@@ -148,8 +159,10 @@ def deploy_step(ctx: DeployContext, rollback_alarms: Sequence[str]) -> Processin
             arguments=[
                 "--model-package-group", params.group,
                 "--endpoint-name", params.endpoint,
+                "--endpoint-mode", params.mode,
                 *endpoint_arguments(ctx),
                 "--smoke-test-data-url", params.test_data,
+                "--smoke-test-min-accuracy", params.min_accuracy.to_string(),
                 "--rollback-alarms", ",".join(rollback_alarms),
                 "--bake-seconds", str(ctx.bake_seconds),
                 "--region", ctx.account.region,
@@ -162,30 +175,32 @@ def deploy_step(ctx: DeployContext, rollback_alarms: Sequence[str]) -> Processin
 
 
 def smoke_test_step(ctx: DeployContext, deployed: ProcessingStep) -> ProcessingStep:
-    """``SmokeTest``: held-out images to the endpoint; a failure rolls the endpoint back."""
+    """``SmokeTest``: held-out images to each target of the endpoint; a failure rolls the endpoint
+    back (or deletes a first deployment)."""
     params = ctx.params
-
-    def report_value(json_path: str) -> JsonGet:
-        return JsonGet(step_name=deployed.name, property_file=deployed.property_files[0], json_path=json_path)
+    data_url = JsonGet(step_name=deployed.name, property_file=deployed.property_files[0],
+                       json_path="SmokeTestDataUrl")
+    report_url = deployed.properties.ProcessingOutputConfig.Outputs["deployment"].S3Output.S3Uri
 
     return ProcessingStep(
         name="SmokeTest",
-        description="Invoke the endpoint with held-out test images; fail on any error or low accuracy.",
+        description="Invoke each target of the endpoint with held-out test images; fail on any error or an "
+                    "accuracy more than SmokeTestMaxAccuracyDrop below the package's evaluated accuracy.",
         step_args=processor(ctx, "smoke-test").run(
             code="check_endpoint.py", source_dir=SOURCE_DIR, dependencies=list(DEPENDENCIES),
-            inputs=[ProcessingInput(source=report_value("SmokeTestDataUrl"),
-                                    destination="/opt/ml/processing/test")],
+            inputs=[ProcessingInput(source=data_url, destination="/opt/ml/processing/test"),
+                    ProcessingInput(source=report_url, destination="/opt/ml/processing/deployment")],
             outputs=[ProcessingOutput(output_name="smoke-test", source="/opt/ml/processing/output/smoke-test")],
             arguments=[
                 "--endpoint-name", params.endpoint,
                 "--test-dir", "/opt/ml/processing/test",
+                "--max-accuracy-drop", params.max_drop.to_string(),
                 "--min-accuracy", params.min_accuracy.to_string(),
                 "--max-images", params.max_images.to_string(),
                 "--region", ctx.account.region,
                 "--output-dir", "/opt/ml/processing/output/smoke-test",
                 # a failed smoke test rolls the endpoint back to what it served before Deploy
-                "--deploy-action", report_value("Action"),
-                "--previous-package-arn", report_value("PreviousModelPackageArn"),
+                "--deployment-report", "/opt/ml/processing/deployment/deployment.json",
                 *endpoint_arguments(ctx),
                 "--bake-seconds", str(ctx.bake_seconds),
             ],
@@ -207,10 +222,13 @@ def get_pipeline(
     endpoint_instance_count: int = 1,
     data_capture_percent: int = 20,
     data_capture_url: Optional[str] = None,
+    multi_model_url: Optional[str] = None,
     model_execution_role: Optional[str] = None,
     rollback_alarms: Sequence[str] = (),
     bake_seconds: int = 300,
-    smoke_test_min_accuracy: float = 0.8,
+    endpoint_mode: str = "SingleModel",
+    smoke_test_max_accuracy_drop: float = 0.02,
+    smoke_test_min_accuracy: float = -1.0,
     smoke_test_max_images: int = 200,
     processing_instance_type: str = "ml.m5.large",
     base_job_prefix: str = "imgpipe",
@@ -228,10 +246,13 @@ def get_pipeline(
             base_job_prefix, code_root: as for :func:`pipelines.pipeline.get_pipeline`.
         pipeline_name: the deploy pipeline's name (the buildspec: ``<project>-<id>-deploy``).
         model_package_group_name, endpoint_name, endpoint_instance_type,
-            endpoint_instance_count, data_capture_percent, smoke_test_min_accuracy,
+            endpoint_instance_count, data_capture_percent, endpoint_mode,
+            smoke_test_max_accuracy_drop, smoke_test_min_accuracy (negative: no floor),
             smoke_test_max_images, processing_instance_type: defaults of the parameters.
         data_capture_url: S3 prefix of the endpoint's captured requests and responses
             (``s3://<bucket>/<base_job_prefix>/data-capture``).
+        multi_model_url: S3 prefix under which a multi-model endpoint keeps its artifacts
+            (``s3://<bucket>/<base_job_prefix>/multi-model``; ``<prefix>/<endpoint>/v<n>/model.tar.gz``).
         model_execution_role: role of the SageMaker models (default: ``role``).
         rollback_alarms: CloudWatch alarm names that roll a blue/green update back while it
             bakes (``bake_seconds``); none: SageMaker's health checks only.
@@ -240,7 +261,8 @@ def get_pipeline(
     account = resolve_account(region, role, default_bucket, sagemaker_session)
     params = deploy_parameters(model_package_group_name, endpoint_name, endpoint_instance_type,
                                endpoint_instance_count, data_capture_percent, smoke_test_min_accuracy,
-                               smoke_test_max_images, processing_instance_type)
+                               smoke_test_max_images, processing_instance_type, endpoint_mode,
+                               smoke_test_max_accuracy_drop)
     ctx = DeployContext(
         account=account,
         params=params,
@@ -251,6 +273,7 @@ def get_pipeline(
                                        processing_instance_type),
         retries=deploy_retries(),
         data_capture_url=data_capture_url or f"s3://{account.bucket}/{base_job_prefix}/data-capture",
+        multi_model_url=multi_model_url or f"s3://{account.bucket}/{base_job_prefix}/multi-model",
         model_role=model_execution_role or account.role,
         bake_seconds=bake_seconds,
     )

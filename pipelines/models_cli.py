@@ -4,7 +4,10 @@ Every command takes ``--backend local|aws`` (local by default) and talks to the 
 interface (:class:`pipelines.backends.ModelRegistry`) that :func:`pipelines.backends.get_registry`
 picks: ``LocalModelRegistry`` or ``pipelines.aws.registry.SageMakerModelRegistry``. Approving or
 rejecting a package is what starts the deploy pipeline: on AWS through the EventBridge rule of
-``imgpipe triggers apply``; locally through the local registry's approval event.
+``imgpipe triggers apply``; locally through the local registry's approval event. Locally,
+``approve``/``reject`` take deploy-pipeline parameters for the run they start
+(``-p EndpointMode=MultiModel -p SmokeTestMaxAccuracyDrop=0.05``), checked against the deploy
+definition's parameters before anything changes.
 
 Exit codes: 0 done, 1 AWS refused (credentials, permissions) or, locally, the deploy pipeline
 run that an approve/reject started failed (the approval change itself is recorded), 2 bad
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipelines.backends import BACKENDS, get_registry
+from pipelines.common import UsageError
 from pipelines.local.progress import format_table
 from pipelines.settings import Settings
 
@@ -43,12 +47,27 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**kwargs)
 
 
+def _registry(args: argparse.Namespace, settings: Settings) -> Any:
+    """The backend's registry; locally wired to the event bus with the ``-p`` deploy parameters
+    (checked against the deploy definition: a bad name, type or value is a ``ValueError``)."""
+    from pipelines.local.cli import parse_parameters
+
+    values = parse_parameters(getattr(args, "parameter", None))
+    if values and args.backend != "local":
+        raise UsageError("-p sets deploy-pipeline parameters of a local deploy; on AWS the EventBridge rule's "
+                         "parameters apply (imgpipe triggers apply)")
+    if values:
+        from pipelines.local.events import check_deploy_parameters, local_registry
+
+        return local_registry(settings, check_deploy_parameters(settings, values))
+    return get_registry(args.backend, region=settings.region, settings=settings, approval_events=True)
+
+
 def _run(args: argparse.Namespace, action: Callable[[Any], int]) -> int:
     """Run ``action(registry)``; errors as one line on stderr with the exit code."""
     try:
         settings = _settings(args)
-        return action(get_registry(args.backend, region=settings.region, settings=settings,
-                                   approval_events=True))
+        return action(_registry(args, settings))
     except (LookupError, ValueError) as exc:  # BackendError, RegistryError: bad input
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -209,6 +228,9 @@ def register(subparsers) -> None:
         cmd = sub.add_parser(name, help=text)
         _package_argument(cmd)
         cmd.add_argument("--reason", help="approval description")
+        cmd.add_argument("-p", "--parameter", action="append", metavar="NAME=VALUE",
+                         help="deploy-pipeline parameter of the local deploy it starts (repeatable), "
+                              "e.g. -p EndpointMode=MultiModel")
         cmd.set_defaults(func=func)
     for cmd in (listing, describe, *(sub.choices[n] for n in ("approve", "reject"))):
         _common(cmd)

@@ -78,12 +78,45 @@ def _custom_tags(module, tags: list, kwargs: dict) -> list:
     try:
         return hook(tags, kwargs.get("region"), kwargs.get("sagemaker_project_name"))
     except Exception as exc:  # noqa: BLE001 - optional enrichment, as in the seed code
-        print(f"warning: could not get the project's tags: {exc}", file=sys.stderr)
+        print(f"warning: could not get the project's tags: {_error_message(exc)[0]}", file=sys.stderr)
         return tags
+
+
+# AWS's wording of a denial: "User: <arn> is not authorized to perform: <action> on resource: <arn>
+# [because ...]" (S3 quotes the resource, some services drop the colons).
+_DENIED = re.compile(r'(?:User: (?P<who>\S+) )?is not authorized to perform:? (?P<action>[\w*:-]+)'
+                     r'(?: on resource:? "?(?P<resource>[^\s"]+)"?)?')
+# boto3's S3Transfer failure: "Failed to upload <file> to <bucket>/<key>: An error occurred (<code>) when
+# calling the <operation> operation: <message>"
+_UPLOAD = re.compile(r"Failed to upload (?P<file>.+?) to (?P<bucket>[^/\s]+)/(?P<key>\S+?): "
+                     r"An error occurred \((?P<code>\w+)\) when calling the (?P<op>\w+) operation: (?P<message>.*)")
+_DENIED_CODES = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "Forbidden")
+
+
+def refusal(operation: str, code: str, message: str) -> str:
+    """One line for an AWS error: ``AWS refused <action> on <resource> (...)`` when AWS named them."""
+    found = _DENIED.search(message or "")
+    if found:
+        where = f" on {found['resource']}" if found["resource"] else ""
+        who = f" for {found['who']}" if found["who"] else ""
+        return f"AWS refused {found['action']}{where} ({operation}: {code}{who})"
+    return f"AWS refused {operation}: {code}: {' '.join(str(message).split())}"
+
+
+def _upload_refusal(exc: BaseException) -> Optional[str]:
+    """S3UploadFailedError (the SDK's code uploads): the IAM action is s3:PutObject on the object."""
+    found = _UPLOAD.match(" ".join(str(exc).split()))
+    if not found:
+        return None
+    resource = f"arn:aws:s3:::{found['bucket']}/{found['key']}"
+    if found["code"] in _DENIED_CODES:
+        return f"AWS refused s3:PutObject on {resource} ({found['op']}: {found['code']}, uploading {found['file']})"
+    return f"uploading {found['file']} to s3://{found['bucket']}/{found['key']} failed: {found['code']}: {found['message']}"
 
 
 def _error_message(exc: BaseException) -> tuple[str, int]:
     """A one-line message and exit status for an exception from boto3/the SDK."""
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import (
         ClientError,
         EndpointConnectionError,
@@ -107,8 +140,13 @@ def _error_message(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         operation = getattr(exc, "operation_name", "an AWS call")
-        return f"AWS refused {operation}: {error.get('Code')}: {error.get('Message')}", 1
-    return f"{type(exc).__name__}: {exc}", 1
+        return refusal(operation, str(error.get("Code")), str(error.get("Message"))), 1
+    if isinstance(exc, S3UploadFailedError):
+        return _upload_refusal(exc) or " ".join(f"{type(exc).__name__}: {exc}".split()), 1
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and cause is not exc and isinstance(cause, (ClientError, S3UploadFailedError)):
+        return _error_message(cause)  # e.g. the SDK re-raising an AWS error as its own
+    return " ".join(f"{type(exc).__name__}: {exc}".split()), 1
 
 
 def _has_credentials(region: str) -> bool:

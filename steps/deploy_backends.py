@@ -20,6 +20,7 @@ except ImportError:  # SageMaker processing job: shipped as dependencies of the 
     import backends  # type: ignore[no-redef]
 
 HostingError = backends.HostingError
+target_model_name = backends.target_model_name
 ENV_BACKEND = "IMGPIPE_BACKEND"
 
 

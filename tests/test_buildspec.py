@@ -153,6 +153,7 @@ def test_build_phase_upserts_and_starts_against_moto(buildspec, moto_server, tmp
     env = codebuild_env(moto_server, tmp_path)
     env.update({k: str(v) for k, v in buildspec.get("env", {}).get("variables", {}).items()})
     env["RETRAIN_SCHEDULE"] = "rate(7 days)"
+    env["APPLY_TRIGGERS"] = "true"  # opt-in: the triggers from CodeBuild
     script = "set -euo pipefail\n" + "\n".join(commands(buildspec, "build")) + "\n"
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)

@@ -41,7 +41,8 @@ def test_parameters_and_steps(built):
     assert defaults == {
         "ModelPackageGroupName": ("String", "ImgpipeModels"), "EndpointName": ("String", "imgpipe-prod"),
         "EndpointInstanceType": ("String", "ml.m5.large"), "EndpointInstanceCount": ("Integer", 1),
-        "DataCaptureSamplingPercentage": ("Integer", 20), "SmokeTestMinAccuracy": ("Float", 0.8),
+        "DataCaptureSamplingPercentage": ("Integer", 20), "EndpointMode": ("String", "SingleModel"),
+        "SmokeTestMaxAccuracyDrop": ("Float", 0.02), "SmokeTestMinAccuracy": ("Float", -1.0),
         "SmokeTestDataUrl": ("String", ""), "SmokeTestMaxImages": ("Integer", 200),
         "ProcessingInstanceType": ("String", "ml.m5.large")}
     deploy, smoke = definition["Steps"]
@@ -54,17 +55,32 @@ def test_parameters_and_steps(built):
     assert options["--data-capture-percent"] == {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.DataCaptureSamplingPercentage"}]}}
     assert options["--data-capture-url"] == "s3://imgpipe-local/imgpipe/data-capture"
     assert options["--rollback-alarms"] == "imgpipe-5xx"
+    assert options["--endpoint-mode"] == {"Get": "Parameters.EndpointMode"}
+    assert options["--multi-model-url"] == "s3://imgpipe-local/imgpipe/multi-model"
+    assert options["--smoke-test-min-accuracy"] == {
+        "Std:Join": {"On": "", "Values": [{"Get": "Parameters.SmokeTestMinAccuracy"}]}}
+    [mode] = [p for p in definition["Parameters"] if p["Name"] == "EndpointMode"]
+    assert mode["EnumValues"] == ["SingleModel", "MultiModel"]
     assert deploy["PropertyFiles"] == [{"PropertyFileName": "DeploymentReport", "OutputName": "deployment",
                                         "FilePath": "deployment.json"}]
     assert "CacheConfig" not in deploy  # a deployment always runs
-    [test_input] = [i for i in smoke["Arguments"]["ProcessingInputs"] if i["InputName"] not in ("code", "entrypoint")]
+    test_input, report_input = [i for i in smoke["Arguments"]["ProcessingInputs"]
+                                if i["InputName"] not in ("code", "entrypoint")]
     assert test_input["S3Input"]["S3Uri"] == {"Std:JsonGet": {
         "PropertyFile": {"Get": "Steps.Deploy.PropertyFiles.DeploymentReport"}, "Path": "SmokeTestDataUrl"}}
     assert test_input["S3Input"]["LocalPath"] == "/opt/ml/processing/test"
+    assert report_input["S3Input"]["S3Uri"] == {
+        "Get": "Steps.Deploy.ProcessingOutputConfig.Outputs['deployment'].S3Output.S3Uri"}
+    assert report_input["S3Input"]["LocalPath"] == "/opt/ml/processing/deployment"
     assert smoke["DependsOn"] == ["Deploy"]
     smoke_args = smoke["Arguments"]["AppSpecification"]["ContainerArguments"]
-    assert dict(zip(smoke_args[::2], smoke_args[1::2]))["--min-accuracy"] == {
+    smoke_options = dict(zip(smoke_args[::2], smoke_args[1::2]))
+    assert smoke_options["--min-accuracy"] == {
         "Std:Join": {"On": "", "Values": [{"Get": "Parameters.SmokeTestMinAccuracy"}]}}
+    assert smoke_options["--max-accuracy-drop"] == {
+        "Std:Join": {"On": "", "Values": [{"Get": "Parameters.SmokeTestMaxAccuracyDrop"}]}}
+    assert smoke_options["--deployment-report"] == "/opt/ml/processing/deployment/deployment.json"
+    assert smoke_options["--multi-model-url"] == options["--multi-model-url"]
 
 
 def test_step_and_parameter_order_is_pinned(built):
@@ -73,7 +89,8 @@ def test_step_and_parameter_order_is_pinned(built):
     assert [s["Name"] for s in definition["Steps"]] == ["Deploy", "SmokeTest"]
     assert [p["Name"] for p in definition["Parameters"]] == [
         "ModelPackageGroupName", "EndpointName", "EndpointInstanceType", "EndpointInstanceCount",
-        "DataCaptureSamplingPercentage", "SmokeTestMinAccuracy", "SmokeTestDataUrl",
+        "DataCaptureSamplingPercentage", "EndpointMode", "SmokeTestMaxAccuracyDrop", "SmokeTestMinAccuracy",
+        "SmokeTestDataUrl",
         "SmokeTestMaxImages", "ProcessingInstanceType",
     ]
 
@@ -106,7 +123,7 @@ def test_shipped_code_runs_without_imgpipe(built, tmp_path):
         names = set(tar.getnames())
         tar.extractall(tmp_path, filter="data")
     assert {"deploy.py", "check_endpoint.py", "deploy_backends.py", "backends.py", "aws/__init__.py",
-            "aws/hosting.py", "aws/registry.py", "imgclf/container.py", "imgclf/data.py"} <= names
+            "aws/hosting.py", "aws/multi_model.py", "aws/registry.py", "imgclf/container.py", "imgclf/data.py"} <= names
     assert not any("__pycache__" in n or n.startswith(("pipelines/", "local/")) for n in names)
     done = subprocess.run([sys.executable, "-S", "-c", SHIPPED_PROBE], cwd=tmp_path, capture_output=True,
                           text=True, env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(tmp_path)},

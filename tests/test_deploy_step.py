@@ -23,11 +23,20 @@ def deploy_module(monkeypatch):
     return load_step(monkeypatch, "deploy")
 
 
+ACCURACY = {"a": 0.91, "b": 0.93, "c": 0.5, "d": 0.6}
+
+
 @pytest.fixture
 def sm(monkeypatch):
     with fake_aws(monkeypatch, REGION) as session:
         client = session.client("sagemaker")
         client.create_model_package_group(ModelPackageGroupName=GROUP)
+        s3 = session.client("s3")
+        s3.create_bucket(Bucket="imgpipe-bucket")
+        for execution, value in ACCURACY.items():  # the evaluation reports the packages point at
+            report = {"multiclass_classification_metrics": {"accuracy": {"value": value}}}
+            s3.put_object(Bucket="imgpipe-bucket", Body=json.dumps(report).encode(),
+                          Key=f"imgpipe-p-1/exec-{execution}/EvaluateModel/output/evaluation/evaluation.json")
         yield client
 
 
@@ -69,8 +78,11 @@ def test_deploys_the_newest_approved_package_then_nothing_to_do(sm, deploy_modul
     assert deploy_module.main(argv(tmp_path)) == 0
     report = json.loads((tmp_path / "out" / "deployment.json").read_text())
     assert report == {
-        "EndpointName": "imgpipe-endpoint", "ModelPackageArn": newest_approved, "ModelPackageVersion": 2,
-        "ModelPackageGroupName": GROUP, "Action": "Created", "PreviousModelPackageArn": "",
+        "EndpointName": "imgpipe-endpoint", "EndpointMode": "SingleModel", "ModelPackageArn": newest_approved,
+        "ModelPackageVersion": 2, "ModelPackageGroupName": GROUP, "Action": "Created",
+        "Targets": [{"ModelPackageArn": newest_approved, "ModelPackageVersion": 2, "TargetModel": None,
+                     "EvaluatedAccuracy": 0.93}],  # read from the package's evaluation report
+        "Previous": {"Mode": "", "ModelPackageArns": []}, "PreviousModelPackageArn": "",
         "SmokeTestDataUrl": BUILD.format("b") + "/PrepareData/output/test"}
     assert served_package(sm, "imgpipe-endpoint") == newest_approved != oldest
 
@@ -91,6 +103,7 @@ def test_deploys_the_newest_approved_package_then_nothing_to_do(sm, deploy_modul
     assert deploy_module.main(argv(tmp_path)) == 0
     report = json.loads((tmp_path / "out" / "deployment.json").read_text())
     assert report["Action"] == "Unchanged" and report["PreviousModelPackageArn"] == newest_approved
+    assert report["Previous"] == {"Mode": "SingleModel", "ModelPackageArns": [newest_approved]}
     assert len(sm.list_models()["Models"]) == 1 and len(sm.list_endpoint_configs()["EndpointConfigs"]) == 1
     assert "Unchanged: imgpipe-endpoint serves" in capsys.readouterr().out
 
@@ -123,9 +136,17 @@ def test_smoke_test_data_url_override_and_unknown_test_data(sm, deploy_module, t
     assert "no held-out test data known for" in (tmp_path / "failure").read_text()
     assert sm.list_endpoints()["Endpoints"] == []  # checked before deploying
 
-    assert deploy_module.main(argv(tmp_path, "--smoke-test-data-url", "s3://b/held-out")) == 0
+    # no evaluated accuracy to compare the endpoint with, and no floor: refused before deploying too
+    assert deploy_module.main(argv(tmp_path, "--smoke-test-data-url", "s3://b/held-out")) == 1
+    message = (tmp_path / "failure").read_text()
+    assert f"no evaluated accuracy recorded for {arn}" in message and "set SmokeTestMinAccuracy" in message
+    assert sm.list_endpoints()["Endpoints"] == []
+
+    assert deploy_module.main(argv(tmp_path, "--smoke-test-data-url", "s3://b/held-out",
+                                   "--smoke-test-min-accuracy", "0.8")) == 0
     report = json.loads((tmp_path / "out" / "deployment.json").read_text())
     assert report["SmokeTestDataUrl"] == "s3://b/held-out" and report["ModelPackageArn"] == arn
+    assert report["Targets"][0]["EvaluatedAccuracy"] is None
 
 
 def test_latest_approved_sorts_itself_newest_first():

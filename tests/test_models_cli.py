@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from awsfakes import fake_aws
@@ -155,3 +156,67 @@ def test_a_failed_local_deploy_makes_approve_exit_1(tmp_path, capsys, monkeypatc
     assert ("error: event rule imgpipe-approval-deploy failed: RuntimeError: cannot build the deploy pipeline"
             in capsys.readouterr().err)
     assert registry.describe(arn)["ModelApprovalStatus"] == "Rejected"
+
+
+SUCCEEDED = SimpleNamespace(execution_id="exec-1", status="Succeeded", failure_reason=None)
+
+
+def test_approve_passes_deploy_parameters_checked_against_the_deploy_definition(tmp_path, capsys, monkeypatch):
+    """``-p Name=Value`` reaches the deploy run the approval starts; a name the deploy definition
+    does not declare, a value of the wrong type or outside EndpointMode's values: exit 2, nothing
+    approved, the bad one named."""
+    from pipelines.local import events
+    from pipelines.local.registry import LocalModelRegistry
+    from pipelines.settings import Settings
+
+    runs = []
+    real_rule = events.deploy_rule
+    monkeypatch.setattr(events, "deploy_rule", lambda settings, params=None, stream=None: real_rule(
+        settings, params, runner=lambda s, values, stream=None: runs.append(values) or SUCCEEDED, stream=stream))
+    registry = LocalModelRegistry(Settings(home=tmp_path))
+    arn = registry.register({"ModelPackageGroupName": GROUP, "InferenceSpecification": {"Containers": [
+        {"Image": "img:1", "ModelDataUrl": "s3://imgpipe-local/model.tar.gz"}]}})["ModelPackageArn"]
+    home = ["--home", str(tmp_path)]
+
+    for bad, named in ((["-p", "EndpointMod=MultiModel"], "unknown parameter 'EndpointMod'"),
+                       (["-p", "SmokeTestMaxImages=many"], "parameter 'SmokeTestMaxImages' is Integer"),
+                       (["-p", "EndpointMode=Both"], "parameter 'EndpointMode' must be one of SingleModel, MultiModel"),
+                       (["-p", "EndpointMode"], "parameter 'EndpointMode' is not Name=Value")):
+        assert main(["models", "approve", "1", *home, *bad]) == 2
+        assert named in capsys.readouterr().err
+    assert registry.describe(arn)["ModelApprovalStatus"] == "PendingManualApproval" and runs == []
+    assert main(["models", "approve", "1", "--backend", "aws", "--region", REGION, "-p", "EndpointMode=MultiModel"]) == 2
+    assert "-p sets deploy-pipeline parameters of a local deploy" in capsys.readouterr().err
+
+    assert main(["models", "approve", "1", *home, "-p", "EndpointMode=MultiModel",
+                 "-p", "SmokeTestMaxAccuracyDrop=0.05"]) == 0
+    assert runs == [{"EndpointMode": "MultiModel", "SmokeTestMaxAccuracyDrop": "0.05", "ModelPackageGroupName": GROUP}]
+    assert registry.describe(arn)["ModelApprovalStatus"] == "Approved"
+
+
+def test_registering_approved_emits_the_event_and_deploys(tmp_path, monkeypatch):
+    """The local engine's CreateModelPackage with ModelApprovalStatus=Approved: the model package
+    state change SageMaker emits (recorded on the bus), and the deploy pipeline runs for its group;
+    a pending registration emits the event too, which the approval rule ignores."""
+    from pipelines.local import events
+    from pipelines.local.object_store import ObjectStore
+    from pipelines.local.sagemaker_api import LocalSageMaker
+    from pipelines.settings import Settings
+
+    runs = []
+    real_rule = events.deploy_rule
+    monkeypatch.setattr(events, "deploy_rule", lambda settings, params=None, stream=None: real_rule(
+        settings, params, runner=lambda s, values, stream=None: runs.append(values) or SUCCEEDED, stream=stream))
+    monkeypatch.setenv("IMGPIPE_DEPLOY_PARAMETERS", json.dumps({"EndpointName": "digits"}))
+    settings = Settings(home=tmp_path)
+    api = LocalSageMaker(settings, ObjectStore(settings.s3_root))
+    request = {"ModelPackageGroupName": GROUP, "InferenceSpecification": {"Containers": [
+        {"Image": "img:1", "ModelDataUrl": "s3://imgpipe-local/model.tar.gz"}]}}
+    pending = api.create_model_package(request)
+    approved = api.create_model_package({**request, "ModelApprovalStatus": "Approved"})
+    records = [json.loads(line) for line in (tmp_path / "events" / "events.jsonl").read_text().splitlines()]
+    assert [(r["event"]["resources"], r["event"]["detail"]["ModelApprovalStatus"], len(r["outcomes"]))
+            for r in records] == [([pending["ModelPackageArn"]], "PendingManualApproval", 0),
+                                  ([approved["ModelPackageArn"]], "Approved", 1)]
+    assert records[1]["event"]["detail-type"] == "SageMaker Model Package State Change"
+    assert runs == [{"EndpointName": "digits", "ModelPackageGroupName": GROUP}]

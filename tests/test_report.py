@@ -149,6 +149,7 @@ def check_page(html_file: Path, tmp: Path, data) -> dict:
     return page.text
 
 
+@pytest.mark.browser
 def test_local_report_renders_every_section(execution, tmp_path):
     jobs, job, package, _ = execution
     data = collect_local(EXECUTION[:6], jobs.settings)
@@ -176,6 +177,7 @@ def _upload_tree(s3, local: Path, bucket: str, prefix: str) -> None:
             s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
 
 
+@pytest.mark.browser
 def test_aws_report_from_sagemaker_layout_in_s3(execution, tmp_path):
     """The same job's output uploaded to (moto) S3 where SageMaker puts it; the SageMaker API
     calls answered by botocore's Stubber, each request checked."""

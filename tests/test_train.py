@@ -207,6 +207,7 @@ def test_debugger_hook_saves_bfloat16_activations_under_autocast(tmp_path, monke
 
     spec = importlib.util.spec_from_file_location("imgpipe_train", TRAIN)
     train_script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "imgpipe_train", train_script)  # its dataclasses look their module up
     spec.loader.exec_module(train_script)
 
     config = tmp_path / "debughookconfig.json"

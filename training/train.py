@@ -11,6 +11,10 @@ container contract, so it runs unchanged on SageMaker and under the local engine
 - checkpoints in ``--checkpoint-dir`` (synced to S3 by SageMaker): a restarted job (spot
   interruption) resumes after the last finished epoch;
 - the Debugger hook is created from SageMaker's hook config when one is given;
+- what the training-insight rules read (per-step loss, gradient statistics, early activation
+  inputs, validation loss per epoch, step times) is recorded as TensorBoard event files in
+  ``--tensorboard-dir``: by default the ``LocalPath`` of the job's ``TensorBoardOutputConfig``
+  (``/opt/ml/output/tensorboard``), none without one; a resumed job continues the step numbers;
 - one log line per epoch, read by the pipeline's metric regexes, e.g.
   ``epoch=3 train_loss=0.41 train_accuracy=0.86 valid_loss=0.38 valid_accuracy=0.871 ...``
   and a final line for the weights it saved (the best epoch).
@@ -27,6 +31,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -38,6 +43,7 @@ from torch import nn
 from imgclf.artifact import save_model
 from imgclf.container import write_failure
 from imgclf.data import augment_batch, list_image_folder, make_loader, normalize_batch
+from imgclf.recorder import TrainingRecorder, restore_copy, tensorboard_dir_from_config
 from imgclf.models import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, build_model, get_architecture
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -73,6 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--early-stopping-patience", type=int, default=0, help="stop after this many epochs without a better valid_accuracy (0 = off)")
     parser.add_argument("--max-train-images", type=int, default=0, help="train on a stratified random subset of this many images (0 = all)")
     parser.add_argument("--seed", type=int, default=42, help="random seed")
+    parser.add_argument("--bn-recalibration-steps", type=int, default=100,
+                        help="while fewer optimizer steps than this have run, recompute the batch-norm statistics "
+                             "over the training images after each epoch (0 = never)")
     parser.add_argument("--mixed-precision", default="auto", choices=("auto", "bf16", "fp16", "off"),
                         help="autocast on a GPU: auto = bf16 where supported, else fp16 with gradient scaling")
     parser.add_argument("--workers", type=int, default=int(env("SM_NUM_CPUS", os.cpu_count() or 1)), help="processes for image decoding")
@@ -83,6 +92,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", default=env("SM_MODEL_DIR", "/opt/ml/model"), help="where the model artifact is written")
     parser.add_argument("--output-data-dir", default=env("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"), help="where history.json is written")
     parser.add_argument("--checkpoint-dir", default=env("SM_CHECKPOINT_DIR", "/opt/ml/checkpoints"), help="per-epoch checkpoints for resuming")
+    parser.add_argument("--tensorboard-dir", default=tensorboard_dir_from_config(),
+                        help="record what the training-insight rules read here as TensorBoard event files ('' = off; "
+                             "default: the LocalPath of the job's TensorBoardOutputConfig, if it has one)")
+    parser.add_argument("--record-gradients-every", type=int, default=50, help="sample gradient statistics every this many steps")
+    parser.add_argument("--record-activation-steps", type=int, default=10, help="record activation inputs at the first this many steps")
     return parser
 
 
@@ -191,6 +205,28 @@ def mixed_precision(device: torch.device, choice: str = "auto") -> tuple[Optiona
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
+def _optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    scaler: Optional[torch.amp.GradScaler], recorder: Optional[TrainingRecorder]) -> None:
+    """Backward pass and optimizer step (gradient statistics sampled in between)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scale = scaler.get_scale()
+        scaler.scale(loss).backward()
+        if recorder is not None and recorder.wants_gradients():
+            recorder.record_gradients(grad_scale=scale)
+        scaler.step(optimizer)
+        scaler.update()
+        stepped = scaler.get_scale() >= scale  # the scale drops when a step was skipped (inf/nan grads)
+    else:
+        loss.backward()
+        if recorder is not None and recorder.wants_gradients():
+            recorder.record_gradients()
+        optimizer.step()
+        stepped = True
+    if stepped:
+        scheduler.step()
+
+
 def run_epoch(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -202,19 +238,21 @@ def run_epoch(
     augment: bool = False,
     generator: Optional[torch.Generator] = None,
     amp_dtype: Optional[torch.dtype] = None,
+    recorder: Optional[TrainingRecorder] = None,
 ) -> dict[str, float]:
     """One pass over ``batches``: trains when an optimizer is given, else evaluates.
 
     Loss and accuracy are summed on the device and read once at the end, so a GPU never waits
-    for the host between batches."""
+    for the host between batches; a ``recorder`` gets each training step's loss and timings."""
     training = optimizer is not None
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    start = time.perf_counter()
+    start = mark = time.perf_counter()
     with torch.enable_grad() if training else torch.inference_mode():
         for images, labels in batches:
+            data_seconds = time.perf_counter() - mark
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             if augment:
@@ -224,22 +262,16 @@ def run_epoch(
                 logits = model(inputs)
                 loss = loss_fn(logits, labels)
             if training:
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scale = scaler.get_scale()
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    stepped = scaler.get_scale() >= scale  # the scale drops when a step was skipped (inf/nan grads)
-                else:
-                    loss.backward()
-                    optimizer.step()
-                    stepped = True
-                if stepped:
-                    scheduler.step()
+                _optimizer_step(loss, optimizer, scheduler, scaler, recorder)
             total_loss += loss.detach().double() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
+            if training and recorder is not None:
+                now = time.perf_counter()
+                recorder.end_step(loss, data_seconds, now - mark)
+                mark = now
+            else:
+                mark = time.perf_counter()
     total_loss, correct = total_loss.item(), correct.item()  # waits for the device's last batch
     seconds = time.perf_counter() - start
     return {"loss": total_loss / max(1, seen), "accuracy": correct / max(1, seen), "seconds": seconds, "images": seen}
@@ -262,9 +294,6 @@ def load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> Optional[dict[st
         print(f"ignoring checkpoint {path}: it belongs to a different configuration", flush=True)
         return None
     return state
-
-
-FEW_STEPS = 100  # below this many optimizer steps, batch-norm statistics are re-estimated
 
 
 def reestimate_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -308,8 +337,38 @@ def chance_level_warning(valid_accuracy: float, num_classes: int, args: argparse
             "(about 1e-3 or less) and more steps: raise the epochs, lower the batch size or the learning rate.")
 
 
-def load_data(args: argparse.Namespace, device: torch.device) -> tuple[list[str], list, Any, Any]:
-    """(classes, train samples, train batches, valid batches); train and valid must have the same classes."""
+@dataclass
+class Session:
+    """What the epoch loop works with."""
+
+    device: torch.device
+    classes: list[str]
+    train_images: int
+    train_batches: Any
+    valid_batches: Any
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    amp_dtype: Optional[torch.dtype]
+    scaler: Optional[torch.amp.GradScaler]
+    generator: torch.Generator
+
+
+@dataclass
+class Progress:
+    """The state a checkpoint carries between jobs."""
+
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"valid_accuracy": -1.0, "valid_loss": math.inf, "epoch": 0})
+    best_state: Optional[dict] = None
+    start_epoch: int = 1
+    global_step: int = 0
+
+
+def build_session(args: argparse.Namespace) -> Session:
+    """Data loaders, model, loss, optimizer and schedule for ``args``."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     classes, train_samples = list_image_folder(args.train_dir)
     valid_classes, valid_samples = list_image_folder(args.valid_dir)
     if valid_classes != classes:
@@ -322,19 +381,53 @@ def load_data(args: argparse.Namespace, device: torch.device) -> tuple[list[str]
     train_batches = make_loader(train_samples, args.image_size, args.batch_size, True, cache_bytes, args.workers, args.seed)
     valid_batches = make_loader(valid_samples, args.image_size, 256, False, cache_bytes, args.workers)
     print(f"images ready in {time.perf_counter() - loader_start:.1f}s", flush=True)
-    return classes, train_samples, train_batches, valid_batches
+
+    model = build_model(args.arch, len(classes), args.pretrained, args.weights_dir, args.freeze_backbone).to(device)
+    optimizer = build_optimizer(args, model)
+    steps_per_epoch = len(train_batches)
+    scheduler = build_scheduler(optimizer, round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch)
+    amp_dtype, scaler = mixed_precision(device, args.mixed_precision)
+    if amp_dtype is not None:
+        print(f"mixed precision: {str(amp_dtype).removeprefix('torch.')} autocast" + (" with gradient scaling" if scaler else ""), flush=True)
+    return Session(device, classes, len(train_samples), train_batches, valid_batches, model,
+                   nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), optimizer, scheduler, amp_dtype, scaler,
+                   torch.Generator().manual_seed(args.seed))
 
 
-def restore_checkpoint(state: dict[str, Any], model: nn.Module, optimizer: Any, scheduler: Any,
-                       generator: torch.Generator, scaler: Any) -> None:
-    """Model, optimizer, scheduler, shuffling generator and gradient scaler as the checkpoint left them."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["generator"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    print(f"resumed from checkpoint after epoch {state['epoch']}", flush=True)
+def fingerprint_of(args: argparse.Namespace, classes: list[str]) -> dict[str, Any]:
+    return {"arch": args.arch, "classes": classes, "image_size": args.image_size, "epochs": args.epochs,
+            "learning_rate": args.learning_rate, "batch_size": args.batch_size, "optimizer": args.optimizer, "seed": args.seed}
+
+
+def resume(session: Session, checkpoint_path: Path, fingerprint: dict[str, Any]) -> Progress:
+    """The progress of an interrupted run of this same job (its checkpoint), or a fresh start."""
+    resumed = load_checkpoint(checkpoint_path, fingerprint)
+    if resumed is None:
+        return Progress()
+    session.model.load_state_dict(resumed["model"])
+    session.optimizer.load_state_dict(resumed["optimizer"])
+    session.scheduler.load_state_dict(resumed["scheduler"])
+    session.generator.set_state(resumed["generator"])
+    if session.scaler is not None and resumed.get("scaler"):
+        session.scaler.load_state_dict(resumed["scaler"])
+    print(f"resumed from checkpoint after epoch {resumed['epoch']}", flush=True)
+    global_step = resumed.get("global_step", resumed["epoch"] * len(session.train_batches))
+    return Progress(resumed["history"], resumed["best"], resumed["best_model"], resumed["epoch"] + 1, global_step)
+
+
+def open_recorder(args: argparse.Namespace, session: Session, progress: Progress,
+                  started_at: Optional[float]) -> Optional[TrainingRecorder]:
+    """The training-insight recorder, continuing an interrupted job's recording; None when off."""
+    if not args.tensorboard_dir:
+        return None
+    restored = restore_copy(args.checkpoint_dir, args.tensorboard_dir) if progress.start_epoch > 1 else 0
+    recorder = TrainingRecorder(args.tensorboard_dir, session.model, progress.global_step, args.record_gradients_every,
+                                args.record_activation_steps, started_at)
+    recorder.write_meta(pretrained=int(args.pretrained), num_classes=len(session.classes), gpu=int(session.device.type == "cuda"),
+                        steps_per_epoch=len(session.train_batches), start_step=progress.global_step, epochs=args.epochs)
+    print(f"recording training insights to {args.tensorboard_dir} (from step {progress.global_step}"
+          + (f", {restored} earlier event file(s) restored" if restored else "") + ")", flush=True)
+    return recorder
 
 
 def epoch_record(epoch: int, train_stats: dict[str, float], valid_stats: dict[str, float]) -> dict[str, float]:
@@ -358,7 +451,8 @@ def epoch_record(epoch: int, train_stats: dict[str, float], valid_stats: dict[st
 def model_meta(args: argparse.Namespace, classes: list[str], best: dict[str, Any], epochs_run: int,
                train_images: int) -> dict[str, Any]:
     """``model.json`` of the model artifact contract (docs/contracts.md)."""
-    hyperparameters = {k: v for k, v in vars(args).items() if not k.endswith("_dir") and k not in ("workers", "cache_limit_mb")}
+    hyperparameters = {k: v for k, v in vars(args).items()
+                       if not k.endswith("_dir") and k not in ("workers", "cache_limit_mb") and not k.startswith("record_")}
     return {
         "arch": args.arch,
         "classes": classes,
@@ -371,72 +465,72 @@ def model_meta(args: argparse.Namespace, classes: list[str], best: dict[str, Any
     }
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    set_seed(args.seed)
-    if args.workers > 0:
-        torch.set_num_threads(args.workers)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    classes, train_samples, train_batches, valid_batches = load_data(args, device)
-
-    model = build_model(args.arch, len(classes), args.pretrained, args.weights_dir, args.freeze_backbone).to(device)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    optimizer = build_optimizer(args, model)
-    steps_per_epoch = len(train_batches)
-    scheduler = build_scheduler(optimizer, round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch)
-    amp_dtype, scaler = mixed_precision(device, args.mixed_precision)
-    if amp_dtype is not None:
-        print(f"mixed precision: {str(amp_dtype).removeprefix('torch.')} autocast" + (" with gradient scaling" if scaler else ""), flush=True)
-    generator = torch.Generator().manual_seed(args.seed)
-
-    fingerprint = {"arch": args.arch, "classes": classes, "image_size": args.image_size, "epochs": args.epochs,
-                   "learning_rate": args.learning_rate, "batch_size": args.batch_size, "optimizer": args.optimizer, "seed": args.seed}
-    checkpoint_path = Path(args.checkpoint_dir) / CHECKPOINT_FILE
-    history: list[dict[str, float]] = []
-    best = {"valid_accuracy": -1.0, "valid_loss": math.inf, "epoch": 0}
-    best_state = None
-    start_epoch = 1
-    resumed = load_checkpoint(checkpoint_path, fingerprint)
-    if resumed is not None:
-        restore_checkpoint(resumed, model, optimizer, scheduler, generator, scaler)
-        history, best, best_state = resumed["history"], resumed["best"], resumed["best_model"]
-        start_epoch = resumed["epoch"] + 1
-
-    hook = DebuggerHook(model, loss_fn)
-    epochs_without_improvement = start_epoch - 1 - best["epoch"] if best["epoch"] else 0
-    for epoch in range(start_epoch, args.epochs + 1):
+def fit(args: argparse.Namespace, session: Session, progress: Progress, checkpoint_path: Path,
+        fingerprint: dict[str, Any], recorder: Optional[TrainingRecorder]) -> None:
+    """The epoch loop: train, validate, keep the best weights, checkpoint, stop early."""
+    s, best = session, progress.best
+    hook = DebuggerHook(s.model, s.loss_fn)
+    epochs_without_improvement = progress.start_epoch - 1 - best["epoch"] if best["epoch"] else 0
+    for epoch in range(progress.start_epoch, args.epochs + 1):
         hook.set_mode(train=True)
-        set_train_mode(model, args.arch, args.freeze_backbone)
-        train_stats = run_epoch(model, train_batches, loss_fn, device, optimizer, scheduler, scaler, args.augment, generator, amp_dtype)
-        if epoch * steps_per_epoch < FEW_STEPS:
-            reestimate_batchnorm(model, train_batches, device)
+        set_train_mode(s.model, args.arch, args.freeze_backbone)
+        train_stats = run_epoch(s.model, s.train_batches, s.loss_fn, s.device, s.optimizer, s.scheduler, s.scaler,
+                                args.augment, s.generator, s.amp_dtype, recorder)
+        progress.global_step += len(s.train_batches)
+        if epoch * len(s.train_batches) < args.bn_recalibration_steps:
+            with recorder.paused() if recorder is not None else nullcontext():
+                reestimate_batchnorm(s.model, s.train_batches, s.device)
         hook.set_mode(train=False)
-        model.eval()
-        valid_stats = run_epoch(model, valid_batches, loss_fn, device, amp_dtype=amp_dtype)
+        s.model.eval()
+        valid_stats = run_epoch(s.model, s.valid_batches, s.loss_fn, s.device, amp_dtype=s.amp_dtype)
         record = epoch_record(epoch, train_stats, valid_stats)
-        history.append(record)
+        progress.history.append(record)
+        if recorder is not None:
+            recorder.end_epoch(epoch, record["train_loss"], record["valid_loss"], record["valid_accuracy"])
         if record["valid_accuracy"] > best["valid_accuracy"]:
-            best = {"valid_accuracy": record["valid_accuracy"], "valid_loss": record["valid_loss"], "epoch": epoch}
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best = progress.best = {"valid_accuracy": record["valid_accuracy"], "valid_loss": record["valid_loss"], "epoch": epoch}
+            progress.best_state = {k: v.detach().cpu().clone() for k, v in s.model.state_dict().items()}
             epochs_without_improvement = 0
         else:
             epochs_without_improvement += 1
         save_checkpoint(checkpoint_path, {
-            "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "history": history,
-            "best": best, "best_model": best_state, "scaler": scaler.state_dict() if scaler is not None else None,
+            "fingerprint": fingerprint, "epoch": epoch, "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(), "generator": s.generator.get_state(), "history": progress.history,
+            "best": best, "best_model": progress.best_state, "scaler": s.scaler.state_dict() if s.scaler is not None else None,
+            "global_step": progress.global_step,
         })
+        if recorder is not None:
+            recorder.save_copy(args.checkpoint_dir)
         if args.early_stopping_patience and epochs_without_improvement >= args.early_stopping_patience:
             print(f"early stopping: no better valid_accuracy for {epochs_without_improvement} epochs", flush=True)
             break
     hook.close()
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
+
+def train(args: argparse.Namespace, started_at: Optional[float] = None) -> dict[str, Any]:
+    """Fine-tune as ``args`` say; writes the model artifact and history.json, returns model.json's dict."""
+    set_seed(args.seed)
+    if args.workers > 0:
+        torch.set_num_threads(args.workers)
+    session = build_session(args)
+    fingerprint = fingerprint_of(args, session.classes)
+    checkpoint_path = Path(args.checkpoint_dir) / CHECKPOINT_FILE
+    progress = resume(session, checkpoint_path, fingerprint)
+    recorder = open_recorder(args, session, progress, started_at)
+    try:
+        fit(args, session, progress, checkpoint_path, fingerprint, recorder)
+    finally:
+        if recorder is not None:
+            recorder.close()
+
+    model, best, history = session.model, progress.best, progress.history
+    if progress.best_state is not None:
+        model.load_state_dict(progress.best_state)
     print(f"final best_epoch={best['epoch']} valid_loss={best['valid_loss']:.4f} valid_accuracy={best['valid_accuracy']:.4f}", flush=True)
-    warning = chance_level_warning(best["valid_accuracy"], len(classes), args, steps_per_epoch * len(history))
+    warning = chance_level_warning(best["valid_accuracy"], len(session.classes), args, progress.global_step)
     if warning:
         print(warning, flush=True)
-    meta = model_meta(args, classes, best, epochs_run=len(history), train_images=len(train_samples))
+    meta = model_meta(args, session.classes, best, epochs_run=len(history), train_images=session.train_images)
     save_model(args.model_dir, model, meta)
     Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.output_data_dir) / "history.json").write_text(json.dumps(history, indent=2))
@@ -444,9 +538,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    started_at = time.time()
     args = get_args_parser().parse_args(argv)
     try:
-        train(args)
+        train(args, started_at)
     except Exception as exc:  # report why to SageMaker, then fail the job
         write_failure(f"{type(exc).__name__}: {exc}")
         raise

@@ -20,6 +20,14 @@ SageMaker deployment, in :meth:`SageMakerHosting.deploy`:
   fires during the baking period); the same package and settings: nothing (``Unchanged``);
 * waits until the endpoint is ``InService`` and checks it serves the new config: an update
   SageMaker rolled back is an error that names the failure reason.
+
+Multi-model endpoints, in :meth:`SageMakerHosting.deploy_multi_model` (see
+:mod:`pipelines.aws.multi_model`): the packages' artifacts are synchronised under
+``<multi_model_url>/<endpoint>/`` (``v<version>/model.tar.gz`` each); an endpoint already
+serving a multi-model model of that image and prefix with these settings needs nothing more
+(the served set changed, no restart: ``Updated``; the same set: ``Unchanged``); otherwise a model
+with ``PrimaryContainer.Mode = MultiModel`` and a config are created and the endpoint created or
+updated as above.
 """
 from __future__ import annotations
 
@@ -30,7 +38,10 @@ from typing import Any, Callable, Optional, Sequence
 
 if __package__ == "aws":  # the deploy steps' container: backends.py shipped next to this package
     from backends import HostingError
+
+    from aws import multi_model
 else:
+    from pipelines.aws import multi_model
     from pipelines.backends import HostingError
 
 VARIANT_NAME = "AllTraffic"  # blue/green updates need the same variant name in both configs
@@ -59,6 +70,8 @@ class SageMakerHosting:
         data_capture_url: S3 prefix for captured requests/responses; needed by :meth:`deploy`.
         rollback_alarms: CloudWatch alarm names that roll an update back while it bakes.
         bake_seconds: how long the new fleet is watched (alarms) before the old one goes.
+        multi_model_url: S3 prefix under which each multi-model endpoint keeps its artifacts
+            (``<multi_model_url>/<endpoint>/``); needed by :meth:`deploy_multi_model`.
         poll_seconds, timeout_seconds: waiting for the endpoint; ``sleep`` for tests.
     """
 
@@ -70,10 +83,12 @@ class SageMakerHosting:
         data_capture_url: Optional[str] = None,
         rollback_alarms: Sequence[str] = (),
         bake_seconds: int = 300,
+        multi_model_url: Optional[str] = None,
         poll_seconds: float = 30.0,
         timeout_seconds: float = 3600.0,
         sagemaker_client: Any = None,
         runtime_client: Any = None,
+        s3_client: Any = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
         if sagemaker_client is None or runtime_client is None:
@@ -82,8 +97,11 @@ class SageMakerHosting:
             session = boto3.Session(region_name=region)
             sagemaker_client = sagemaker_client or session.client("sagemaker")
             runtime_client = runtime_client or session.client("sagemaker-runtime")
+        self.region = region
         self.sm = sagemaker_client
         self.runtime = runtime_client
+        self._s3 = s3_client
+        self.multi_model_url = multi_model_url
         self.model_role_arn = model_role_arn
         self.data_capture_url = data_capture_url
         self.rollback_alarms = list(rollback_alarms)
@@ -92,9 +110,19 @@ class SageMakerHosting:
         self.timeout_seconds = timeout_seconds
         self.sleep = sleep
 
+    @property
+    def s3(self) -> Any:
+        """The S3 client (multi-model artifacts), made on first use."""
+        if self._s3 is None:
+            import boto3
+
+            self._s3 = boto3.Session(region_name=self.region).client("s3")
+        return self._s3
+
     # ------------------------------------------------------------------ reads
     def describe_endpoint(self, endpoint_name: str) -> Optional[dict]:
-        """Endpoint status, config and the model package it serves; ``None`` if there is none."""
+        """Endpoint status, config, ``Mode`` and what it serves (``ModelPackageArn``, or a
+        multi-model endpoint's ``TargetModels``); ``None`` if there is none."""
         try:
             endpoint = self.sm.describe_endpoint(EndpointName=endpoint_name)
         except Exception as exc:  # noqa: BLE001 - botocore ClientError
@@ -128,8 +156,13 @@ class SageMakerHosting:
         }
         if variant.get("ModelName"):
             model = self.sm.describe_model(ModelName=variant["ModelName"])
-            containers = model.get("Containers") or [model.get("PrimaryContainer") or {}]
-            details["ModelPackageArn"] = containers[0].get("ModelPackageName")
+            container = (model.get("Containers") or [model.get("PrimaryContainer") or {}])[0]
+            details["Mode"] = container.get("Mode") or "SingleModel"
+            if details["Mode"] == "MultiModel":
+                details.update(Image=container.get("Image"), ModelDataUrl=container.get("ModelDataUrl"),
+                               TargetModels=multi_model.list_target_models(self.s3, container["ModelDataUrl"]))
+            else:
+                details["ModelPackageArn"] = container.get("ModelPackageName")
         return details
 
     def list_endpoints(self) -> list[dict]:
@@ -140,13 +173,16 @@ class SageMakerHosting:
             names += [e["EndpointName"] for e in page.get("Endpoints", [])]
         return [d for d in (self.describe_endpoint(n) for n in names) if d is not None]
 
-    def invoke(self, endpoint_name: str, body: bytes, content_type: str) -> Any:
-        """The endpoint's decoded JSON answer; :class:`HostingError` (with the status) otherwise."""
+    def invoke(self, endpoint_name: str, body: bytes, content_type: str, *,
+               target_model: Optional[str] = None, accept: Optional[str] = None) -> Any:
+        """The endpoint's decoded JSON answer (``target_model``: the model of a multi-model
+        endpoint); :class:`HostingError` (with the status) otherwise."""
+        request = {"EndpointName": endpoint_name, "Body": body, "ContentType": content_type,
+                   "Accept": accept or "application/json"}
+        if target_model:
+            request["TargetModel"] = target_model
         try:
-            response = self.runtime.invoke_endpoint(
-                EndpointName=endpoint_name, Body=body, ContentType=content_type,
-                Accept="application/json",
-            )
+            response = self.runtime.invoke_endpoint(**request)
         except Exception as exc:  # noqa: BLE001 - botocore ClientError (ModelError, ...)
             response = getattr(exc, "response", None)
             if response is None:
@@ -180,8 +216,49 @@ class SageMakerHosting:
                 f"endpoint {endpoint_name} is Failed ({current.get('FailureReason', 'no reason given')}) "
                 "and cannot be updated: delete it, then deploy again")
         name = resource_name(endpoint_name, model_package.get("ModelPackageVersion", "0"))
-        self._create_model(name, package_arn)
-        self._create_config(name, name, instance_type, int(instance_count), int(data_capture_percent))
+        self._create_model(name, {"ModelPackageName": package_arn})
+        action = self._switch(endpoint_name, current, name, instance_type, int(instance_count),
+                              int(data_capture_percent), package_arn)
+        return {**result, "Action": action, "EndpointConfigName": name}
+
+    def deploy_multi_model(self, endpoint_name: str, model_packages: list[dict], *, instance_type: str,
+                           instance_count: int, data_capture_percent: int) -> dict:
+        """Serve every package of ``model_packages`` behind ``endpoint_name`` (multi-model).
+
+        Their artifacts are synchronised under the endpoint's S3 prefix; an endpoint already in
+        multi-model mode on that prefix and image, with these settings, keeps running (the
+        served set changes without a restart); otherwise a new model and config are deployed.
+        """
+        if not model_packages:
+            raise HostingError(f"no model packages to serve behind {endpoint_name}")
+        packages = sorted(model_packages, key=lambda p: int(p.get("ModelPackageVersion", 0)), reverse=True)
+        prefix = multi_model.endpoint_prefix(self.multi_model_url or "", endpoint_name)
+        container = multi_model.model_container(packages, prefix)
+        current = self._settled(endpoint_name)
+        if current and current["EndpointStatus"] == "Failed":
+            raise HostingError(
+                f"endpoint {endpoint_name} is Failed ({current.get('FailureReason', 'no reason given')}) "
+                "and cannot be updated: delete it, then deploy again")
+        synced = multi_model.sync_artifacts(self.s3, prefix, packages)
+        result = {"EndpointName": endpoint_name, "Mode": "MultiModel", "TargetModels": synced["TargetModels"],
+                  "ModelPackageArns": [p["ModelPackageArn"] for p in packages]}
+        settings = {"Mode": "MultiModel", "Image": container["Image"], "ModelDataUrl": prefix,
+                    "InstanceType": instance_type, "InstanceCount": int(instance_count),
+                    "DataCaptureSamplingPercentage": int(data_capture_percent)}
+        if current and current["EndpointStatus"] == "InService" and all(
+                current.get(k) == v for k, v in settings.items()):
+            action = "Updated" if synced["Added"] or synced["Removed"] else "Unchanged"
+            return {**result, "Action": action, "EndpointConfigName": current["EndpointConfigName"]}
+        name = resource_name(endpoint_name, packages[0].get("ModelPackageVersion", "0"))
+        self._create_model(name, container)
+        action = self._switch(endpoint_name, current, name, instance_type, int(instance_count),
+                              int(data_capture_percent), f"multi-model {prefix}")
+        return {**result, "Action": action, "EndpointConfigName": name}
+
+    def _switch(self, endpoint_name: str, current: Optional[dict], name: str, instance_type: str,
+                instance_count: int, percent: int, what: str) -> str:
+        """Config ``name`` for model ``name``, then create or update the endpoint and wait; the action."""
+        self._create_config(name, name, instance_type, instance_count, percent)
         if current is None:
             self.sm.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=name)
             action = "Created"
@@ -193,10 +270,10 @@ class SageMakerHosting:
         if final["EndpointStatus"] != "InService" or final.get("EndpointConfigName") != name:
             served = final.get("ModelPackageArn", "its previous model")
             raise HostingError(
-                f"deploying {package_arn} to {endpoint_name} failed "
+                f"deploying {what} to {endpoint_name} failed "
                 f"({final.get('FailureReason', final['EndpointStatus'])}); "
                 f"the endpoint is {final['EndpointStatus']} with {served}")
-        return {**result, "Action": action, "EndpointConfigName": name}
+        return action
 
     def deployment_config(self) -> dict:
         """Blue/green, all traffic at once after the new fleet is healthy, alarms optional."""
@@ -212,11 +289,14 @@ class SageMakerHosting:
                 "Alarms": [{"AlarmName": name} for name in self.rollback_alarms]}
         return config
 
-    def _create_model(self, name: str, package_arn: str) -> None:
+    def _create_model(self, name: str, container: dict) -> None:
+        """A model of one container: ``{"ModelPackageName": arn}`` or a multi-model container."""
         if not self.model_role_arn:
             raise HostingError("SageMakerHosting needs model_role_arn to create models")
-        self.sm.create_model(ModelName=name, ExecutionRoleArn=self.model_role_arn,
-                             Containers=[{"ModelPackageName": package_arn}])
+        if container.get("Mode") == "MultiModel":
+            self.sm.create_model(ModelName=name, ExecutionRoleArn=self.model_role_arn, PrimaryContainer=container)
+        else:
+            self.sm.create_model(ModelName=name, ExecutionRoleArn=self.model_role_arn, Containers=[container])
 
     def _create_config(self, name: str, model_name: str, instance_type: str,
                        instance_count: int, percent: int) -> None:

@@ -22,7 +22,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 DETAIL_TYPE = "SageMaker Model Package State Change"
 TARGET_ID = "imgpipe-deploy-pipeline"
@@ -233,28 +233,36 @@ def ensure_schedule(scheduler: Any, settings: TriggerSettings, target_arn: str, 
     return "updated"
 
 
-def apply_triggers(settings: TriggerSettings, session: Any = None) -> list[Change]:
-    """Create or correct the approval rule, its target and role, and the retraining schedule."""
+def apply_triggers(settings: TriggerSettings, session: Any = None,
+                   report: Optional[Callable[[Change], None]] = None) -> list[Change]:
+    """Create or correct the approval rule, its target and role, and the retraining schedule;
+    ``report`` is called with each change as soon as it is made (what a failure leaves done)."""
     settings.validate()
     if session is None:
         import boto3
 
         session = boto3.Session()
     sm, iam = session.client("sagemaker"), session.client("iam")
-    changes = []
+    changes: list[Change] = []
+
+    def done(change: Change) -> None:
+        changes.append(change)
+        if report is not None:
+            report(change)
+
     deploy_arn = pipeline_arn(sm, settings.deploy_pipeline_name)
     account = deploy_arn.split(":")[4]
     events = session.client("events")
     rule_arn, action = ensure_rule(events, settings)
-    changes.append(Change("events-rule", settings.rule_name, action))
+    done(Change("events-rule", settings.rule_name, action))
     role_arn = settings.events_role_arn
     if not role_arn:
         role_name = f"{settings.prefix}-deploy-trigger"
         role_arn, action = ensure_role(iam, role_name, trust_policy("events.amazonaws.com", account, rule_arn),
                                        start_pipeline_policy(deploy_arn), settings.tags)
-        changes.append(Change("iam-role", role_name, action))
-    changes.append(Change("events-target", f"{settings.rule_name}/{TARGET_ID}",
-                          ensure_target(events, settings, deploy_arn, role_arn)))
+        done(Change("iam-role", role_name, action))
+    done(Change("events-target", f"{settings.rule_name}/{TARGET_ID}",
+                ensure_target(events, settings, deploy_arn, role_arn)))
     if settings.retrain_schedule:
         build_arn = pipeline_arn(sm, settings.build_pipeline_name)
         role_arn = settings.scheduler_role_arn
@@ -262,9 +270,9 @@ def apply_triggers(settings: TriggerSettings, session: Any = None) -> list[Chang
             role_name = f"{settings.prefix}-retrain-schedule"
             role_arn, action = ensure_role(iam, role_name, trust_policy("scheduler.amazonaws.com", account),
                                            start_pipeline_policy(build_arn), settings.tags)
-            changes.append(Change("iam-role", role_name, action))
-        changes.append(Change("schedule", settings.schedule_name,
-                              ensure_schedule(session.client("scheduler"), settings, build_arn, role_arn)))
+            done(Change("iam-role", role_name, action))
+        done(Change("schedule", settings.schedule_name,
+                    ensure_schedule(session.client("scheduler"), settings, build_arn, role_arn)))
     return changes
 
 
@@ -311,20 +319,18 @@ def cmd_apply(args: argparse.Namespace) -> int:
         import boto3
 
         settings = settings_from_args(args)
-        changes = apply_triggers(settings, boto3.Session(region_name=args.region))
+        apply_triggers(settings, boto3.Session(region_name=args.region), report=lambda c: print(c, flush=True))
     except (UsageError, TriggerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a CLI: one line, not a traceback
         print(f"error: {_error_message(exc)[0]}", file=sys.stderr)
         return 1
-    for change in changes:
-        print(change)
     return 0
 
 
 def register(subparsers) -> None:
-    """``imgpipe triggers apply``."""
+    """``imgpipe triggers apply|template|deploy``."""
     triggers = subparsers.add_parser("triggers", help="approval-deploy rule and retraining schedule")
     sub = triggers.add_subparsers(dest="triggers_command", metavar="SUBCOMMAND")
     sub.required = True
@@ -345,3 +351,6 @@ def register(subparsers) -> None:
     apply.add_argument("--tags", default=None, help='JSON list of {"Key": ..., "Value": ...}')
     apply.add_argument("--region", default=None)
     apply.set_defaults(func=cmd_apply)
+    from pipelines.aws.triggers_template import register as register_template
+
+    register_template(sub)

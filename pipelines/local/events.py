@@ -16,10 +16,13 @@ package's ``ModelPackageGroupName``. Locally:
   the endpoint is left as it is and the bus says so.
 
 Wiring: :func:`local_registry` gives a :class:`LocalModelRegistry` whose ``update_approval``
-publishes to the bus (the registry itself has no side effects unless given the callback).
+and ``register`` publish to the bus (SageMaker emits the state change for a new package too: one
+registered ``Approved`` deploys); the registry itself has no side effects unless given the
+callback. The local engine's CreateModelPackage uses it.
 
-Deploy parameters beyond the group (``EndpointName``, ``SmokeTestMinAccuracy``, ...) come from
-``deploy_parameters`` or the ``IMGPIPE_DEPLOY_PARAMETERS`` environment variable (a JSON object),
+Deploy parameters beyond the group (``EndpointName``, ``EndpointMode``, ...) come from
+``deploy_parameters`` (``imgpipe models approve -p``, checked by :func:`check_deploy_parameters`)
+over the ``IMGPIPE_DEPLOY_PARAMETERS`` environment variable (a JSON object),
 like the rule's configured ``SageMakerPipelineParameters`` on AWS; unset ones take the deploy
 pipeline's defaults.
 """
@@ -148,23 +151,40 @@ def deploy_parameters_from_env() -> dict:
     return values
 
 
+def deploy_definition(settings: Settings, *, module_name: str = DEPLOY_PIPELINE_MODULE,
+                      pipeline_name: str = DEPLOY_PIPELINE_NAME) -> dict:
+    """The deploy pipeline's definition, built offline once per process (its code uploaded to
+    the local object store, where it stays)."""
+    from pipelines.local.object_store import ObjectStore
+    from pipelines.offline import build_definition
+
+    kwargs = {"region": settings.region, "role": settings.role_arn, "default_bucket": settings.default_bucket,
+              "pipeline_name": pipeline_name}
+    key = (module_name, str(settings.s3_root), json.dumps(kwargs, sort_keys=True))
+    if key not in _DEFINITIONS:
+        _DEFINITIONS[key] = build_definition(module_name=module_name, kwargs=kwargs,
+                                             store=ObjectStore(settings.s3_root), settings=settings)
+    return _DEFINITIONS[key]
+
+
+def check_deploy_parameters(settings: Settings, values: Mapping[str, Any]) -> dict:
+    """``values`` checked against the deploy definition's parameters (names, types, allowed
+    values); the engine's ``ParameterError`` (a ``ValueError``) names a bad one."""
+    from pipelines.local.engine import validate_parameters
+
+    validate_parameters(deploy_definition(settings), values)
+    return dict(values)
+
+
 def run_deploy_pipeline(settings: Settings, parameters: Mapping[str, Any], *,
                         module_name: str = DEPLOY_PIPELINE_MODULE, pipeline_name: str = DEPLOY_PIPELINE_NAME,
                         stream: Optional[TextIO] = None) -> Any:
     """Build the deploy pipeline's definition offline and execute it locally, with progress."""
     from pipelines.local.engine import Engine
-    from pipelines.local.object_store import ObjectStore
     from pipelines.local.progress import Progress, summary
-    from pipelines.offline import build_definition
 
     out = stream or sys.stdout
-    store = ObjectStore(settings.s3_root)
-    kwargs = {"region": settings.region, "role": settings.role_arn, "default_bucket": settings.default_bucket,
-              "pipeline_name": pipeline_name}
-    key = (module_name, str(settings.s3_root), json.dumps(kwargs, sort_keys=True))
-    if key not in _DEFINITIONS:  # built once per process (the code it uploaded stays in the store)
-        _DEFINITIONS[key] = build_definition(module_name=module_name, kwargs=kwargs, store=store, settings=settings)
-    definition = _DEFINITIONS[key]
+    definition = deploy_definition(settings, module_name=module_name, pipeline_name=pipeline_name)
     result = Engine(settings, on_event=Progress(stream=out)).run(definition, dict(parameters),
                                                                   pipeline_name=pipeline_name)
     out.write("\n" + summary(result, settings))

@@ -60,8 +60,10 @@ class LocalModelRegistry:
 
     def __init__(self, settings: Settings, store: Optional[ObjectStore] = None,
                  on_approval_change: Optional[Callable[[dict], Any]] = None):
-        """``on_approval_change(package)``: called after each approval update with the updated
-        package (the local event bus, :mod:`pipelines.local.events`); none: no side effects."""
+        """``on_approval_change(package)``: called with the package after each approval update and
+        after each registration (SageMaker emits a model package state change for both; the
+        local event bus, :mod:`pipelines.local.events`, deploys an Approved one); none: no side
+        effects."""
         self.settings = settings
         self.on_approval_change = on_approval_change
         self.db_path = Path(settings.db_path)
@@ -90,7 +92,8 @@ class LocalModelRegistry:
 
     # ------------------------------------------------------------------ writes
     def register(self, request: dict, execution_arn: Optional[str] = None) -> dict:
-        """CreateModelPackage (versioned): a new version in ``ModelPackageGroupName``."""
+        """CreateModelPackage (versioned): a new version in ``ModelPackageGroupName``; then
+        ``on_approval_change`` (registered ``Approved``: the event that deploys it)."""
         group = request.get("ModelPackageGroupName")
         if not group:
             raise RegistryError("only versioned model packages (ModelPackageGroupName) are supported locally")
@@ -119,7 +122,10 @@ class LocalModelRegistry:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return self.describe(arn)
+        package = self.describe(arn)
+        if self.on_approval_change is not None:
+            self.on_approval_change(package)
+        return package
 
     def _read_metrics(self, model_metrics: dict) -> tuple[Optional[str], Any]:
         """The evaluation.json behind ``ModelMetrics.ModelQuality.Statistics.S3Uri``."""

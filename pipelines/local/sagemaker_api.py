@@ -9,6 +9,7 @@ Job failures are results (``...Status: Failed`` with ``FailureReason``), never e
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, Optional
 
 from pipelines.local import processing, training, tuning
@@ -32,8 +33,13 @@ class LocalSageMaker:
 
     @property
     def registry(self) -> LocalModelRegistry:
+        """The local registry wired to the local event bus: registering a package emits the
+        model package state change SageMaker emits, and one registered ``Approved`` runs the
+        deploy pipeline (parameters from ``IMGPIPE_DEPLOY_PARAMETERS``), as EventBridge does."""
         if self._registry is None:
-            self._registry = LocalModelRegistry(self.settings, self.store)
+            from pipelines.local.events import local_registry
+
+            self._registry = local_registry(self.settings)
         return self._registry
 
     def _job_ctx(self) -> JobContext:
@@ -56,8 +62,14 @@ class LocalSageMaker:
         """CreateModelPackage request → DescribeModelPackage-shaped dict.
 
         Raises ``registry.RegistryError`` for a request that cannot be registered (e.g. its
-        ModelMetrics statistics object is missing from the store)."""
-        return self.registry.register(request, execution_arn=execution_arn)
+        ModelMetrics statistics object is missing from the store). A failed deploy that an
+        ``Approved`` registration started is reported on stderr; the registration stands."""
+        from pipelines.local.events import failed_deploys
+
+        package = self.registry.register(request, execution_arn=execution_arn)
+        for line in failed_deploys(getattr(self.registry, "event_outcomes", None) or []):
+            print(f"warning: {package['ModelPackageArn']} registered Approved, but {line}", file=sys.stderr)
+        return package
 
     def stop(self) -> None:
         """Stop every running job (their process groups are killed; status ``Stopped``).
