@@ -80,6 +80,18 @@ class Hosting(Protocol):
     def describe_endpoint(self, endpoint_name: str) -> Optional[dict]: ...
     def list_endpoints(self) -> list[dict]: ...
     def delete_endpoint(self, endpoint_name: str) -> None: ...
+    def invoke(self, endpoint_name: str, body: bytes, content_type: str, *,
+               target_model: Optional[str] = None, accept: Optional[str] = None) -> Any: ...
+    def deploy_multi_model(self, endpoint_name: str, model_packages: list[dict], *, instance_type: str,
+                           instance_count: int, data_capture_percent: int) -> dict: ...
+
+
+def target_model_name(package: dict) -> str:
+    """A package's target model on a multi-model endpoint: ``v<ModelPackageVersion>/model.tar.gz``."""
+    version = package.get("ModelPackageVersion")
+    if version is None or str(version).strip() == "":
+        raise HostingError(f"model package {package.get('ModelPackageArn')} has no ModelPackageVersion", 400)
+    return f"v{version}/model.tar.gz"
 
 
 def check_approval_status(status: str) -> None:
