@@ -8,6 +8,18 @@ to the log, not to the client). The HTTP server is waitress (a production WSGI s
 fixed thread pool); requests over ``IMGPIPE_MAX_PAYLOAD_BYTES`` are refused by waitress while
 the body arrives, before it is buffered, with the same JSON 413 shape.
 
+SageMaker Runtime's route ``POST /endpoints/{EndpointName}/invocations`` (what boto3's
+``sagemaker-runtime`` client sends, given this server's URL as ``endpoint_url``) runs the same
+handler and answers with AWS's error shapes (:mod:`runtime_api`). Each server is one endpoint: a
+route naming another endpoint gets AWS's ``ValidationError`` "Endpoint X of account Y not found.".
+``X-Amzn-SageMaker-Custom-Attributes`` is echoed back on both routes.
+
+Multi-model (``--multi-model``): ``--model-dir`` is a directory of ``model.tar.gz`` archives;
+each request names one with ``X-Amzn-SageMaker-Target-Model`` (``v3/model.tar.gz``); it is
+loaded on first use and evicted least-recently-used (:mod:`multi_model`). Adding, replacing or
+removing archives changes what is served without a restart. ``/ping`` then also reports the
+models in memory.
+
 Binding: 127.0.0.1 by default (``--host`` to change it). Two ways to get the public socket:
 
 - ``--port P`` binds it here and serves at once (manual use: ``python inference/serve.py
@@ -64,6 +76,9 @@ from waitress.channel import HTTPChannel  # noqa: E402
 from waitress.server import TcpWSGIServer  # noqa: E402
 from waitress.task import ErrorTask, ThreadedTaskDispatcher  # noqa: E402
 
+import runtime_api  # noqa: E402
+from multi_model import CacheLimits, ModelCache, TargetModelError  # noqa: E402
+
 LOG = logging.getLogger("imgpipe.serve")
 JSON_HEADERS = [("Content-Type", "application/json")]
 DRAIN_QUIET_SECONDS = 0.3  # idle this long (nothing in flight) before a stopping server exits
@@ -80,18 +95,71 @@ def _json(status: int, document: Any) -> tuple[str, list, bytes]:
 
 
 # ---------------------------------------------------------------------------- WSGI app
-class InferenceApp:
-    """The WSGI application: ``/ping`` and ``/invocations`` over an ``inference`` module."""
+class SingleModel:
+    """The model of a single-model endpoint (a request naming a target model is refused)."""
 
-    def __init__(self, handler: Any, model: Any, *, info: Optional[dict] = None,
-                 capture: Optional["DataCapture"] = None):
-        self.handler = handler
+    mode = "SingleModel"
+
+    def __init__(self, model: Any):
         self.model = model
+
+    def get(self, target: Optional[str]) -> Any:
+        if target is not None:
+            raise TargetModelError(400, "this endpoint serves a single model: TargetModel "
+                                        "(X-Amzn-SageMaker-Target-Model) is only for multi-model endpoints")
+        return self.model
+
+    def info(self) -> dict:
+        return {"mode": self.mode}
+
+
+class MultiModel:
+    """The models of a multi-model endpoint: a :class:`multi_model.ModelCache` over a directory."""
+
+    mode = "MultiModel"
+
+    def __init__(self, cache: ModelCache):
+        self.cache = cache
+
+    def get(self, target: Optional[str]) -> Any:
+        if target is None:
+            raise TargetModelError(400, "this is a multi-model endpoint: name the model with TargetModel "
+                                        "(X-Amzn-SageMaker-Target-Model), e.g. v1/model.tar.gz")
+        return self.cache.get(target)
+
+    def info(self) -> dict:
+        return {"mode": self.mode, "loaded_models": self.cache.loaded(), "model_loads": self.cache.loads,
+                "model_evictions": self.cache.evictions}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the model answered: HTTP status, body, content type."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+class InferenceApp:
+    """The WSGI application: ``/ping``, ``/invocations`` (the container contract) and
+    ``/endpoints/{name}/invocations`` (SageMaker Runtime's route, :mod:`runtime_api`)."""
+
+    def __init__(self, handler: Any, models: Any, *, info: Optional[dict] = None,
+                 capture: Optional["DataCapture"] = None, region: str = "us-east-1", log_path: str = ""):
+        self.handler = handler
+        self.models = models if hasattr(models, "get") and hasattr(models, "info") else SingleModel(models)
         self.info = dict(info or {})
         self.capture = capture
+        self.region = region
+        self.log_path = log_path
         self._lock = threading.Lock()
         self.in_flight = 0
         self.requests = 0
+
+    def health_info(self) -> dict:
+        """What ``/ping`` reports besides ``status``."""
+        return {**self.info, **self.models.info()}
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         with self._lock:
@@ -110,35 +178,83 @@ class InferenceApp:
         if path == "/ping":
             if method not in ("GET", "HEAD"):
                 return _json(405, {"error": f"{method} not allowed on /ping; use GET", "status": 405})
-            return _json(200, {"status": "Healthy", **self.info})
+            return _json(200, {"status": "Healthy", **self.health_info()})
         if path == "/invocations":
             if method != "POST":
                 return _json(405, {"error": f"{method} not allowed on /invocations; use POST", "status": 405})
-            return self._invoke(environ)
-        return _json(404, {"error": "not found: this endpoint serves GET /ping and POST /invocations",
-                           "status": 404})
+            return self._container_invoke(environ)
+        name = runtime_api.endpoint_name(path)
+        if name is not None:
+            if method != "POST":
+                return _json(405, {"error": f"{method} not allowed on {path}; use POST", "status": 405})
+            return self._runtime_invoke(environ, name)
+        return _json(404, {"error": "not found: this endpoint serves GET /ping, POST /invocations and "
+                                    "POST /endpoints/<name>/invocations", "status": 404})
 
-    def _invoke(self, environ: dict) -> tuple[str, list, bytes]:
+    def _container_invoke(self, environ: dict) -> tuple[str, list, bytes]:
+        """``POST /invocations``: the model's answer, or a JSON ``{"error", "status"}``."""
+        try:
+            answer = self._answer(environ, environ.get("HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL"))
+        except TargetModelError as exc:
+            return _json(exc.status_code, {"error": exc.message, "status": exc.status_code})
+        return self._respond(answer, environ)
+
+    def _runtime_invoke(self, environ: dict, name: str) -> tuple[str, list, bytes]:
+        """SageMaker Runtime's InvokeEndpoint: AWS's error shapes (:mod:`runtime_api`)."""
+        if name != self.info.get("endpoint_name"):
+            return runtime_api.endpoint_not_found(name)
+        target = environ.get("HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL")
+        problem = runtime_api.header_problem({
+            "contentType": environ.get("CONTENT_TYPE"), "accept": environ.get("HTTP_ACCEPT"),
+            "customAttributes": environ.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"), "targetModel": target})
+        if problem:
+            return runtime_api.validation_error(problem)
+        try:
+            answer = self._answer(environ, target)
+        except TargetModelError as exc:
+            if exc.status_code < 422:
+                return runtime_api.validation_error(exc.message)
+            answer = Answer(exc.status_code, json.dumps({"error": exc.message, "status": exc.status_code}).encode())
+        if answer.status >= 400:
+            return runtime_api.model_error(answer.status, answer.body.decode(errors="replace"), endpoint=name,
+                                           region=self.region, log_path=self.log_path)
+        status, headers, body = self._respond(answer, environ)
+        return status, headers + [("x-Amzn-Invoked-Production-Variant", runtime_api.VARIANT_NAME)], body
+
+    def _answer(self, environ: dict, target: Optional[str]) -> Answer:
+        """Run the handler on the request; :class:`TargetModelError` when the target cannot serve."""
         content_type = environ.get("CONTENT_TYPE") or None
         accept = environ.get("HTTP_ACCEPT") or None
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
-            return _json(400, {"error": "bad Content-Length", "status": 400})
+            return Answer(400, json.dumps({"error": "bad Content-Length", "status": 400}).encode())
         body = environ["wsgi.input"].read(length) if length > 0 else b""
+        model = self.models.get(target)
         h = self.handler
         try:
             data = h.input_fn(body, content_type)
-            answer = h.output_fn(h.predict_fn(data, self.model), accept)
+            answer = h.output_fn(h.predict_fn(data, model), accept)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON answer
             error = h.error_body(exc)
             if error["status"] >= 500:
                 LOG.error("invocation failed:\n%s", traceback.format_exc())
-            return _json(error["status"], error)
+            return Answer(error["status"], json.dumps(error).encode())
         payload = answer.encode() if isinstance(answer, str) else bytes(answer)
         if self.capture is not None:
             self.capture.maybe_capture(body, content_type, payload)
-        return "200 OK", JSON_HEADERS + [("Content-Length", str(len(payload)))], payload
+        return Answer(200, payload)
+
+    @staticmethod
+    def _respond(answer: Answer, environ: dict) -> tuple[str, list, bytes]:
+        """The HTTP response of an answer; custom attributes of the request are echoed back."""
+        from http import HTTPStatus
+
+        headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body)))]
+        attributes = environ.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES")
+        if attributes is not None:
+            headers.append(("X-Amzn-SageMaker-Custom-Attributes", attributes))
+        return f"{answer.status} {HTTPStatus(answer.status).phrase}", headers, answer.body
 
 
 class DataCapture:
@@ -274,7 +390,7 @@ class Server(TcpWSGIServer):
 class HealthApp:
     """The health port's WSGI app: ``GET``/``HEAD /ping`` only (never ``/invocations``)."""
 
-    def __init__(self, info: dict):
+    def __init__(self, info: Callable[[], dict]):
         self.info = info
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -285,7 +401,7 @@ class HealthApp:
         elif method not in ("GET", "HEAD"):
             status, headers, body = _json(405, {"error": f"{method} not allowed on /ping; use GET", "status": 405})
         else:
-            status, headers, body = _json(200, {"status": "Healthy", **self.info})
+            status, headers, body = _json(200, {"status": "Healthy", **self.info()})
         start_response(status, headers)
         return [body]
 
@@ -330,7 +446,7 @@ class ModelServer:
         self.health_dispatcher = ThreadedTaskDispatcher()
         self.health_dispatcher.set_thread_count(1)
         health_adj = Adjustments(threads=1, connection_limit=limits.health_connections, **common)
-        self.health = _listener(HealthApp(app.info), health_adj, self.health_dispatcher, limits.request_timeout)
+        self.health = _listener(HealthApp(app.health_info), health_adj, self.health_dispatcher, limits.request_timeout)
         public.setblocking(False)
         self.listener = public
         self.public = _listener(app, self.adj, self.dispatcher, limits.request_timeout, sock=public)
@@ -355,7 +471,7 @@ class ModelServer:
     def status(self) -> dict:
         return {"pid": os.getpid(), "active": self.active.is_set(), "stopping": self.stopping.is_set(),
                 "health_port": self.health_port, "public_port": self.listener.getsockname()[1],
-                "requests": self.app.requests, **self.app.info}
+                "requests": self.app.requests, **self.app.health_info()}
 
     @property
     def health_port(self) -> int:
@@ -495,9 +611,53 @@ def warm_up(handler: Any, model: Any) -> None:
     handler.output_fn(handler.predict_fn(handler.input_fn(buffer.getvalue(), "image/png"), model), None)
 
 
+def model_bytes(model: Any) -> int:
+    """Bytes of a loaded model's parameters and buffers (what the multi-model byte limit counts)."""
+    tensors = list(model.model.parameters()) + list(model.model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def archive_loader(handler: Any) -> Callable[[Path], Any]:
+    """Load one ``model.tar.gz`` of a multi-model endpoint: safe extraction into a temporary
+    directory, ``model_fn``, one warm-up prediction."""
+    import tempfile
+
+    def load(archive: Path) -> Any:
+        started = time.time()
+        with tempfile.TemporaryDirectory(prefix="imgpipe-mme-") as tmp:
+            (Path(tmp) / "model.tar.gz").symlink_to(archive)
+            model = handler.model_fn(tmp)
+        warm_up(handler, model)
+        LOG.info("loaded %s in %.2fs: %d classes, %dpx", archive, time.time() - started,
+                 len(model.classes), model.image_size)
+        return model
+
+    return load
+
+
+def load_models(handler: Any, args: argparse.Namespace) -> Any:
+    """The single model of ``--model-dir`` (loaded and warm now) or, with ``--multi-model``, a
+    cache over the archives under it (each loaded on first use)."""
+    if args.multi_model:
+        if not Path(args.model_dir).is_dir():
+            raise SystemExit(f"--model-dir {args.model_dir}: not a directory")
+        handler.Limits.from_env()
+        limits = CacheLimits.from_env()
+        LOG.info("multi-model endpoint over %s: at most %d models%s in memory", args.model_dir, limits.max_models,
+                 f" and {limits.max_bytes} bytes" if limits.max_bytes else "")
+        return MultiModel(ModelCache(args.model_dir, archive_loader(handler), limits=limits, size_of=model_bytes))
+    started = time.time()
+    model = handler.model_fn(args.model_dir)
+    warm_up(handler, model)
+    LOG.info("model loaded and warm in %.1fs: %d classes, %dpx", time.time() - started,
+             len(model.classes), model.image_size)
+    return SingleModel(model)
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", required=True, help="model.pth + model.json, or model.tar.gz")
+    parser.add_argument("--model-dir", required=True,
+                        help="model.pth + model.json, or model.tar.gz; with --multi-model: the models' directory")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind with --port (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to bind (ignored with --listen-fd)")
     parser.add_argument("--listen-fd", type=int, help="an inherited listening socket to serve instead")
@@ -515,8 +675,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="seconds a request's headers and body may take to arrive")
     parser.add_argument("--capture-dir", help="data capture directory")
     parser.add_argument("--capture-percent", type=int, default=0, help="share of invocations captured")
-    parser.add_argument("--endpoint-name", default="", help="reported by /ping")
+    parser.add_argument("--endpoint-name", default="", help="reported by /ping; the only EndpointName the "
+                        "runtime route /endpoints/<name>/invocations answers to")
     parser.add_argument("--model-package-arn", default="", help="reported by /ping")
+    parser.add_argument("--multi-model", action="store_true",
+                        help="serve every model archive under --model-dir, picked per request by its "
+                             "target model (relative path, e.g. v1/model.tar.gz)")
+    parser.add_argument("--region", default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                        or "us-east-1", help="region named in ModelError's LogStreamArn")
+    parser.add_argument("--log-path", default="", help="this server's log file, named in ModelError messages")
     return parser.parse_args(argv)
 
 
@@ -529,11 +696,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     handler = load_handler()
-    started = time.time()
-    model = handler.model_fn(args.model_dir)
-    warm_up(handler, model)
-    LOG.info("model loaded and warm in %.1fs: %d classes, %dpx", time.time() - started,
-             len(model.classes), model.image_size)
+    models = load_models(handler, args)
     if args.listen_fd is not None:
         public = socket.socket(fileno=args.listen_fd)
     else:
@@ -542,7 +705,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     capture = (DataCapture(args.capture_dir, args.capture_percent, server_id)
                if args.capture_dir and args.capture_percent > 0 else None)
     info = {"endpoint_name": args.endpoint_name, "model_package_arn": args.model_package_arn, "pid": os.getpid()}
-    app = InferenceApp(handler, model, info=info, capture=capture)
+    app = InferenceApp(handler, models, info=info, capture=capture, region=args.region, log_path=args.log_path)
     max_body = handler.Limits.from_env().max_payload_bytes
     server = ModelServer(app, public, threads=args.threads, max_body=max_body, standby=args.standby,
                          control_path=args.control, ready_file=args.ready_file,

@@ -67,7 +67,13 @@ class ModelRegistry(Protocol):
 
 
 class Hosting(Protocol):
-    """What the deploy pipeline and the CLI need from a model host (SageMaker or local)."""
+    """What the deploy pipeline and the CLI need from a model host (SageMaker or local).
+
+    ``deploy_multi_model`` serves every given package behind one endpoint, each as the target
+    model :func:`target_model_name`; calling it again with another set changes the served set
+    without restarting the endpoint. It returns what ``deploy`` returns plus ``"Mode":
+    "MultiModel"`` and ``"TargetModels"``. ``describe_endpoint`` includes ``"Mode"``
+    (``"SingleModel"``/``"MultiModel"``) and, for a multi-model endpoint, ``"TargetModels"``."""
 
     def deploy(self, endpoint_name: str, model_package: dict, *, instance_type: str,
                instance_count: int, data_capture_percent: int) -> dict: ...
@@ -81,8 +87,11 @@ class Hosting(Protocol):
 
 
 def target_model_name(package: dict) -> str:
-    """The ``TargetModel`` of ``package`` on a multi-model endpoint: ``v<version>/model.tar.gz``."""
-    return f"v{package['ModelPackageVersion']}/model.tar.gz"
+    """A package's target model on a multi-model endpoint: ``v<ModelPackageVersion>/model.tar.gz``."""
+    version = package.get("ModelPackageVersion")
+    if version is None or str(version).strip() == "":
+        raise HostingError(f"model package {package.get('ModelPackageArn')} has no ModelPackageVersion", 400)
+    return f"v{version}/model.tar.gz"
 
 
 def check_approval_status(status: str) -> None:

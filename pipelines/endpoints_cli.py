@@ -6,7 +6,11 @@ Every command talks to the hosting interface (:class:`pipelines.backends.Hosting
 pipeline when a package is approved) or ``pipelines.aws.hosting.SageMakerHosting``
 (``--backend aws``).
 
-``imgpipe predict --endpoint NAME IMAGE...`` sends each image (its bytes, with the content type
+``imgpipe endpoints list`` shows each local endpoint's ``ENDPOINT_URL``: give it to boto3
+(``boto3.client("sagemaker-runtime", endpoint_url=URL)``) and unchanged SageMaker Runtime code
+(``invoke_endpoint``, the SDK's ``Predictor``) talks to the local endpoint.
+
+``imgpipe predict --endpoint NAME [--target-model v3/model.tar.gz] IMAGE...`` sends each image (its bytes, with the content type
 of its file) and prints a top-k table per image. An image the endpoint refuses (not an image,
 too large, ...) is reported with the endpoint's message; the exit code is then 1.
 
@@ -63,19 +67,30 @@ def cmd_list(args: argparse.Namespace) -> int:
         if not endpoints:
             print("no endpoints (approve a model package to deploy one: imgpipe models approve VERSION)")
             return EXIT_OK
-        rows = [[e.get("EndpointName"), e.get("EndpointStatus"),
-                 e.get("ModelPackageArn", "-"), e.get("Url") or e.get("InstanceType") or "-",
-                 e.get("Pid", "-") if args.backend == "local" else e.get("InstanceCount", "-"),
+        local = args.backend == "local"
+        rows = [[e.get("EndpointName"), e.get("EndpointStatus"), e.get("Mode", "SingleModel"), _served(e),
+                 e.get("Url") or "-" if local else e.get("InstanceType") or "-",
+                 e.get("Pid", "-") if local else e.get("InstanceCount", "-"),
                  _time_text(e.get("LastModifiedTime"))] for e in endpoints]
-        headers = ["NAME", "STATUS", "MODEL PACKAGE", "URL" if args.backend == "local" else "INSTANCE TYPE",
-                   "PID" if args.backend == "local" else "COUNT", "UPDATED"]
+        headers = ["NAME", "STATUS", "MODE", "MODEL PACKAGE / TARGET MODELS",
+                   "ENDPOINT_URL" if local else "INSTANCE TYPE", "PID" if local else "COUNT", "UPDATED"]
         print(format_table(headers, rows))
         for e in endpoints:
             if e.get("FailureReason"):
                 print(f"{e['EndpointName']}: {e['FailureReason']}")
+        if local:
+            print("\nboto3: boto3.client(\"sagemaker-runtime\", endpoint_url=ENDPOINT_URL).invoke_endpoint("
+                  "EndpointName=NAME, ...)")
         return EXIT_OK
 
     return _guard(action)
+
+
+def _served(endpoint: dict) -> str:
+    """The package of a single-model endpoint, the target models of a multi-model one."""
+    if endpoint.get("Mode") == "MultiModel":
+        return ", ".join(endpoint.get("TargetModels") or []) or "-"
+    return endpoint.get("ModelPackageArn") or "-"
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -115,11 +130,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.backend == "local" and hosting.describe_endpoint(args.endpoint) is None:
             return _error(f"no endpoint {args.endpoint!r} (see `imgpipe endpoints list`)")
         failed = 0
+        target = {"target_model": args.target_model} if args.target_model else {}
         for number, path in enumerate(paths):
             if number:
                 print()
             try:
-                answer = hosting.invoke(args.endpoint, path.read_bytes(), content_type_of(path))
+                answer = hosting.invoke(args.endpoint, path.read_bytes(), content_type_of(path), **target)
                 rows = prediction_rows(answer, args.top_k)
             except (HostingError, ValueError) as exc:
                 failed += 1
@@ -158,6 +174,9 @@ def register(subparsers) -> None:
                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     predict.add_argument("--endpoint", required=True, metavar="NAME", help="endpoint name")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    predict.add_argument("--target-model", metavar="TARGET",
+                         help="the model of a multi-model endpoint to ask, e.g. v3/model.tar.gz "
+                              "(see `imgpipe endpoints list`)")
     predict.add_argument("--top-k", type=int, default=5, help="rows per image (the endpoint answers up to 5)")
     predict.set_defaults(func=cmd_predict)
     for cmd in (listing, delete, predict):

@@ -20,6 +20,17 @@ so no connection is refused or reset; the URL and port never change. A new serve
 to start or to answer ``/ping`` is killed and the old one keeps serving (like SageMaker's
 blue/green rollback): :class:`HostingError` says so.
 
+Multi-model endpoints (:meth:`LocalHosting.deploy_multi_model`): one server started with
+``--multi-model`` over ``<home>/endpoints/<name>/multi-model/``, which holds each package's
+archive as its target model ``v<version>/model.tar.gz``. That directory is the source of truth
+(like the S3 prefix of a SageMaker multi-model endpoint): a new set of packages is synced into it
+(archives copied aside and renamed into place, dropped ones removed) and the running server serves
+it from the next request, without a restart. Models load on first use and are evicted
+least-recently-used (``IMGPIPE_MME_MAX_MODELS``, ``IMGPIPE_MME_MAX_BYTES``; docs/endpoints.md).
+
+Every server also answers SageMaker Runtime's ``POST /endpoints/<name>/invocations``: its ``Url``
+is the ``endpoint_url`` to give boto3 (one port per endpoint).
+
 Settings from the environment (the deploy step constructs ``LocalHosting(settings)`` only):
 ``IMGPIPE_ENDPOINT_PORT`` (port of a new endpoint; default 8080, or a free port when 8080 is
 taken; ``0``: always a free port), ``IMGPIPE_ENDPOINT_HOST`` (default 127.0.0.1),
@@ -35,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import filecmp
 import http.client
 import json
 import os
@@ -49,10 +61,10 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Optional
 
-from pipelines.backends import HostingError
+from pipelines.backends import HostingError, target_model_name
 from pipelines.common import pid_alive, utc_now_iso
 from pipelines.local.object_store import ObjectStore
 from pipelines.settings import Settings
@@ -63,6 +75,7 @@ NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # SageMaker's endpo
 DEFAULT_PORT = 8080  # SageMaker's serving port
 VARIANT_NAME = "AllTraffic"
 STATE_FILE = "endpoint.json"
+SINGLE_MODEL, MULTI_MODEL = "SingleModel", "MultiModel"
 START_TIMEOUT = 180.0  # model load + warm-up on a busy 2-core machine
 STOP_TIMEOUT = 40.0  # the old server drains for at most 30 s
 INVOKE_TIMEOUT = 120.0
@@ -222,7 +235,8 @@ class LocalHosting:
         state = self._read_state(endpoint_name)
         if state is None:
             return None
-        described = {k: v for k, v in state.items() if k not in ("ControlSocket", "HealthPort", "ModelDir")}
+        described = {"Mode": SINGLE_MODEL, **{k: v for k, v in state.items()
+                                              if k not in ("ControlSocket", "HealthPort", "ModelDir")}}
         if not self._alive(state):
             described["EndpointStatus"] = "Failed"
             tail = _log_tail(state.get("LogPath"), 3)
@@ -239,15 +253,19 @@ class LocalHosting:
         return sorted((d for d in found if d), key=lambda d: d.get("CreationTime", ""), reverse=True)
 
     # ------------------------------------------------------------------ invoke
-    def invoke(self, endpoint_name: str, body: bytes, content_type: str) -> Any:
-        """POST /invocations; the decoded JSON answer, or :class:`HostingError` with the status."""
+    def invoke(self, endpoint_name: str, body: bytes, content_type: str, *,
+               target_model: Optional[str] = None, accept: Optional[str] = None) -> Any:
+        """POST /invocations (to ``target_model`` on a multi-model endpoint); the decoded JSON
+        answer, or :class:`HostingError` with the status and the server's message."""
         state = self._read_state(endpoint_name)
         if state is None:
             raise HostingError(f"no endpoint {endpoint_name!r} (see `imgpipe endpoints list`)", 404)
         if not self._alive(state):
             raise HostingError(f"endpoint {endpoint_name} is not running (pid {state.get('Pid')} ended): "
                                "deploy it again or delete it")
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        headers = {"Content-Type": content_type, "Accept": accept or "application/json"}
+        if target_model is not None:
+            headers["X-Amzn-SageMaker-Target-Model"] = target_model
         status, payload = self._post(state["Host"], int(state["Port"]), body, headers)
         try:
             answer = json.loads(payload)
@@ -296,61 +314,127 @@ class LocalHosting:
         """Create or update ``endpoint_name`` to serve ``model_package``; returns once it is healthy."""
         arn = model_package["ModelPackageArn"]
         model_url = _model_data_url(model_package)
-        percent = int(data_capture_percent)
-        if not 0 <= percent <= 100:
-            raise HostingError(f"data_capture_percent must be 0-100, not {percent}", 400)
-        wanted = {"ModelPackageArn": arn, "InstanceType": instance_type, "InstanceCount": int(instance_count),
-                  "DataCaptureSamplingPercentage": percent}
+        wanted = {"Mode": SINGLE_MODEL, "ModelPackageArn": arn, "InstanceType": instance_type,
+                  "InstanceCount": int(instance_count), "DataCaptureSamplingPercentage": _percent(data_capture_percent)}
         result = {"EndpointName": endpoint_name, "ModelPackageArn": arn}
         with self._lock(endpoint_name) as directory:
             old = self._read_state(endpoint_name)
-            old_alive = self._alive(old)
-            if old_alive and all(old.get(k) == v for k, v in wanted.items()) and self._healthy(old):
+            if self._unchanged(old, wanted):
                 return {**result, "Action": "Unchanged", "Url": old["Url"]}
-            generation = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
+            generation = _generation()
             model_dir = directory / "models" / generation
             self._fetch_model(model_url, model_dir)
-            listener = self._listener(old if old_alive else None, old)
-            try:
-                new = self._start(endpoint_name, generation, model_dir, listener, model_package, percent)
-            except BaseException:
-                shutil.rmtree(model_dir, ignore_errors=True)
-                raise
-            finally:
-                listener.close()  # the server holds its own copy
-            try:
-                control(new["ControlSocket"], "activate")
-            except (OSError, HostingError) as exc:
-                self._kill(new)
-                shutil.rmtree(model_dir, ignore_errors=True)
-                raise HostingError(f"could not activate the new server of {endpoint_name}: {exc}") from None
-            now = utc_now_iso()
-            state = {
-                "EndpointName": endpoint_name,
-                "EndpointArn": self.endpoint_arn(endpoint_name),
-                "EndpointStatus": "InService",
-                "ModelPackageArn": arn,
-                "ModelPackageGroupName": model_package.get("ModelPackageGroupName"),
-                "ModelPackageVersion": model_package.get("ModelPackageVersion"),
-                "ModelDataUrl": model_url,
-                "InstanceType": instance_type,
-                "InstanceCount": int(instance_count),
-                "DataCaptureSamplingPercentage": percent,
-                "DataCaptureUrl": self._capture_url(endpoint_name),
-                "Url": f"http://{_url_host(new['Host'])}:{new['Port']}",
-                "CreationTime": (old or {}).get("CreationTime") or now,
-                "LastModifiedTime": now,
-                **new,
-            }
-            self._write_state(endpoint_name, state)  # clients find the new server before the old one goes
-            if old_alive:
-                self._stop(old)
-            if old and old.get("ModelDir") and Path(old["ModelDir"]) != model_dir:
-                shutil.rmtree(old["ModelDir"], ignore_errors=True)
-            status, answer = http_get(state["Host"], state["Port"], "/ping")
-            if status != 200 or (isinstance(answer, dict) and answer.get("pid") != state["Pid"]):
-                raise HostingError(f"{endpoint_name}: after the switch /ping answered {status} {answer!r}")
+            fields = {"ModelPackageArn": arn, "ModelPackageGroupName": model_package.get("ModelPackageGroupName"),
+                      "ModelPackageVersion": model_package.get("ModelPackageVersion"), "ModelDataUrl": model_url}
+            state = self._switch(endpoint_name, old, generation, model_dir, {**wanted, **fields})
             return {**result, "Action": "Updated" if old else "Created", "Url": state["Url"]}
+
+    def deploy_multi_model(self, endpoint_name: str, model_packages: list[dict], *, instance_type: str = "local",
+                           instance_count: int = 1, data_capture_percent: int = 0) -> dict:
+        """Serve every package of ``model_packages`` behind ``endpoint_name``, each as its target
+        model ``v<version>/model.tar.gz``. A running multi-model endpoint with the same instance
+        and capture settings keeps its server: only its model directory changes (archives added,
+        replaced, removed), and the server serves the new set from the next request on."""
+        targets = _targets(model_packages)
+        newest = max(model_packages, key=lambda p: int(p.get("ModelPackageVersion") or 0))
+        wanted = {"Mode": MULTI_MODEL, "InstanceType": instance_type, "InstanceCount": int(instance_count),
+                  "DataCaptureSamplingPercentage": _percent(data_capture_percent)}
+        fields = {"ModelPackageArn": newest["ModelPackageArn"],
+                  "ModelPackageGroupName": newest.get("ModelPackageGroupName"),
+                  "ModelPackageVersion": newest.get("ModelPackageVersion"),
+                  "ModelPackageArns": [p["ModelPackageArn"] for p, _ in targets.values()],
+                  "TargetModels": list(targets)}
+        result = {"EndpointName": endpoint_name, "ModelPackageArn": newest["ModelPackageArn"],
+                  "Mode": MULTI_MODEL, "TargetModels": list(targets)}
+        with self._lock(endpoint_name) as directory:
+            old = self._read_state(endpoint_name)
+            model_dir = directory / "multi-model"
+            changed = self._sync_models(model_dir, {t: url for t, (_, url) in targets.items()})
+            if self._unchanged(old, wanted):
+                if not changed and all(old.get(k) == v for k, v in fields.items()):
+                    return {**result, "Action": "Unchanged", "Url": old["Url"]}
+                self._write_state(endpoint_name, {**old, **fields, "LastModifiedTime": utc_now_iso()})
+                return {**result, "Action": "Updated", "Url": old["Url"]}
+            state = self._switch(endpoint_name, old, _generation(), model_dir, {**wanted, **fields})
+            return {**result, "Action": "Updated" if old else "Created", "Url": state["Url"]}
+
+    def _unchanged(self, old: Optional[dict], wanted: dict) -> bool:
+        """Whether the running server of ``old`` already has the ``wanted`` settings and is healthy."""
+        if not self._alive(old):
+            return False
+        current = {"Mode": SINGLE_MODEL, **old}
+        return all(current.get(k) == v for k, v in wanted.items()) and self._healthy(old)
+
+    def _switch(self, name: str, old: Optional[dict], generation: str, model_dir: Path, fields: dict) -> dict:
+        """Start a server on ``model_dir`` (on the old server's socket), activate it, record it,
+        then stop the old server; the new state. The old server keeps serving if this fails."""
+        old_alive = self._alive(old)
+        listener = self._listener(old if old_alive else None, old)
+        multi_model = fields["Mode"] == MULTI_MODEL
+        try:
+            new = self._start(name, generation, model_dir, listener, fields["ModelPackageArn"],
+                              fields["DataCaptureSamplingPercentage"], multi_model)
+        except BaseException:
+            if not multi_model:
+                shutil.rmtree(model_dir, ignore_errors=True)
+            raise
+        finally:
+            listener.close()  # the server holds its own copy
+        try:
+            control(new["ControlSocket"], "activate")
+        except (OSError, HostingError) as exc:
+            self._kill(new)
+            if not multi_model:
+                shutil.rmtree(model_dir, ignore_errors=True)
+            raise HostingError(f"could not activate the new server of {name}: {exc}") from None
+        now = utc_now_iso()
+        state = {"EndpointName": name, "EndpointArn": self.endpoint_arn(name), "EndpointStatus": "InService",
+                 **fields, "DataCaptureUrl": self._capture_url(name),
+                 "Url": f"http://{_url_host(new['Host'])}:{new['Port']}",
+                 "CreationTime": (old or {}).get("CreationTime") or now, "LastModifiedTime": now, **new}
+        self._write_state(name, state)  # clients find the new server before the old one goes
+        if old_alive:
+            self._stop(old)
+        if old and old.get("ModelDir") and Path(old["ModelDir"]) != model_dir:
+            shutil.rmtree(old["ModelDir"], ignore_errors=True)
+        status, answer = http_get(state["Host"], state["Port"], "/ping")
+        if status != 200 or (isinstance(answer, dict) and answer.get("pid") != state["Pid"]):
+            raise HostingError(f"{name}: after the switch /ping answered {status} {answer!r}")
+        return state
+
+    def _sync_models(self, model_dir: Path, archives: dict[str, str]) -> bool:
+        """Make ``model_dir`` hold exactly ``archives`` (target -> model data URL); whether anything
+        changed. Each archive appears atomically (copied aside, then renamed into place)."""
+        model_dir.mkdir(parents=True, exist_ok=True)
+        changed = False
+        for target, url in archives.items():
+            source = self._archive_path(url)
+            dest = model_dir / target
+            if dest.is_file() and filecmp.cmp(source, dest, shallow=False):
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, dest)
+            changed = True
+        keep = {PurePosixPath(t).parts[0] for t in archives}
+        for entry in model_dir.iterdir():
+            if entry.name not in keep:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                changed = True
+        return changed
+
+    def _archive_path(self, model_url: str) -> Path:
+        """The ``model.tar.gz`` file of a model data URL in the local object store."""
+        try:
+            source = self.store.path(model_url)
+        except ValueError as exc:
+            raise HostingError(f"model data {model_url!r}: {exc}", 400) from None
+        if source.is_dir():
+            source = source / "model.tar.gz"
+        if not source.is_file():
+            raise HostingError(f"model data {model_url} does not exist in the local object store ({source})", 400)
+        return source
 
     def _capture_url(self, name: str) -> str:
         return f"{self.data_capture_url}/{name}/{VARIANT_NAME}"
@@ -400,20 +484,23 @@ class LocalHosting:
         raise AssertionError("unreachable")
 
     def _start(self, name: str, generation: str, model_dir: Path, listener: socket.socket,
-               package: dict, percent: int) -> dict:
+               package_arn: str, percent: int, multi_model: bool = False) -> dict:
         """Start a standby server on ``listener``; returns once its private /ping answers 200."""
         directory = self._dir(name)
         logs = directory / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{generation}.log"
         control_path = str(_runtime_dir() / f"{uuid.uuid4().hex[:16]}.sock")
-        ready = model_dir / "ready.json"
+        ready = logs / f"{generation}.ready.json"
         fd = listener.fileno()
         cmd = [sys.executable, str(SERVE_PY), "--model-dir", str(model_dir), "--listen-fd", str(fd),
                "--standby", "--control", control_path, "--ready-file", str(ready),
                "--threads", str(_env_int("IMGPIPE_SERVER_THREADS", 4)),
                "--torch-threads", str(_env_int("IMGPIPE_TORCH_THREADS", 0)),
-               "--endpoint-name", name, "--model-package-arn", package["ModelPackageArn"]]
+               "--endpoint-name", name, "--model-package-arn", package_arn,
+               "--region", self.settings.region, "--log-path", str(log_path)]
+        if multi_model:
+            cmd.append("--multi-model")
         if percent > 0:
             capture_dir = self.store.path(self._capture_url(name))
             cmd += ["--capture-dir", str(capture_dir), "--capture-percent", str(percent)]
@@ -505,6 +592,30 @@ class LocalHosting:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _generation() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _percent(value: int) -> int:
+    percent = int(value)
+    if not 0 <= percent <= 100:
+        raise HostingError(f"data_capture_percent must be 0-100, not {percent}", 400)
+    return percent
+
+
+def _targets(packages: list[dict]) -> dict[str, tuple[dict, str]]:
+    """target model name -> (package, model data URL), by version; 400 for none or duplicates."""
+    if not packages:
+        raise HostingError("a multi-model endpoint needs at least one model package", 400)
+    targets: dict[str, tuple[dict, str]] = {}
+    for package in sorted(packages, key=lambda p: int(p.get("ModelPackageVersion") or 0)):
+        name = target_model_name(package)
+        if name in targets:
+            raise HostingError(f"two model packages are both target model {name}", 400)
+        targets[name] = (package, _model_data_url(package))
+    return targets
 
 
 def _model_data_url(package: dict) -> str:
