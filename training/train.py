@@ -477,10 +477,10 @@ def fit(args: argparse.Namespace, session: Session, progress: Progress, checkpoi
         train_stats = run_epoch(s.model, s.train_batches, s.loss_fn, s.device, s.optimizer, s.scheduler, s.scaler,
                                 args.augment, s.generator, s.amp_dtype, recorder)
         progress.global_step += len(s.train_batches)
+        hook.set_mode(train=False)  # the re-estimation's forward passes are no training steps
         if epoch * len(s.train_batches) < args.bn_recalibration_steps:
             with recorder.paused() if recorder is not None else nullcontext():
                 reestimate_batchnorm(s.model, s.train_batches, s.device)
-        hook.set_mode(train=False)
         s.model.eval()
         valid_stats = run_epoch(s.model, s.valid_batches, s.loss_fn, s.device, amp_dtype=s.amp_dtype)
         record = epoch_record(epoch, train_stats, valid_stats)
