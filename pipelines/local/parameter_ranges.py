@@ -30,7 +30,11 @@ class ParameterRangeError(ValueError):
 
 
 def _parameter(value: Any) -> Optional[str]:
-    """``X`` when ``value`` is ``{"Get": "Parameters.X"}``."""
+    """``X`` when ``value`` is ``{"Get": "Parameters.X"}``, or that as text (a ``Std:Join`` of
+    it alone: how the SDK writes ``parameter.to_string()``, e.g. in a tuner's range)."""
+    if isinstance(value, dict) and set(value) == {"Std:Join"}:
+        parts = (value["Std:Join"] or {}).get("Values") if isinstance(value["Std:Join"], dict) else None
+        return _parameter(parts[0]) if isinstance(parts, list) and len(parts) == 1 else None
     if isinstance(value, dict) and set(value) == {"Get"} and str(value["Get"]).startswith(PARAMETER_PREFIX):
         return str(value["Get"])[len(PARAMETER_PREFIX):]
     return None
