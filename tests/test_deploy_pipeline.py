@@ -44,7 +44,10 @@ def test_parameters_and_steps(built):
         "DataCaptureSamplingPercentage": ("Integer", 20), "SmokeTestMinAccuracy": ("Float", 0.8),
         "SmokeTestDataUrl": ("String", ""), "SmokeTestMaxImages": ("Integer", 200),
         "ProcessingInstanceType": ("String", "ml.m5.large")}
-    deploy, smoke = definition["Steps"]
+    guard, deploy, smoke = definition["Steps"]
+    assert (guard["Name"], guard["Type"]) == ("CheckDeployParameters", "Condition")
+    assert [s["Name"] for s in guard["Arguments"]["ElseSteps"]] == ["InvalidDeployParameters"]
+    assert deploy["DependsOn"] == ["CheckDeployParameters"]  # no deployment with impossible parameters
     assert (deploy["Name"], deploy["Type"], smoke["Name"], smoke["Type"]) == ("Deploy", "Processing", "SmokeTest", "Processing")
     args = deploy["Arguments"]["AppSpecification"]["ContainerArguments"]
     options = dict(zip(args[::2], args[1::2]))
@@ -70,7 +73,7 @@ def test_parameters_and_steps(built):
 def test_step_and_parameter_order_is_pinned(built):
     """Steps and parameters in definition order: a refactor cannot drop or reorder one silently."""
     definition, _ = built
-    assert [s["Name"] for s in definition["Steps"]] == ["Deploy", "SmokeTest"]
+    assert [s["Name"] for s in definition["Steps"]] == ["CheckDeployParameters", "Deploy", "SmokeTest"]
     assert [p["Name"] for p in definition["Parameters"]] == [
         "ModelPackageGroupName", "EndpointName", "EndpointInstanceType", "EndpointInstanceCount",
         "DataCaptureSamplingPercentage", "SmokeTestMinAccuracy", "SmokeTestDataUrl",
@@ -131,7 +134,7 @@ def test_run_pipeline_upserts_the_deploy_pipeline(monkeypatch, capsys):
                                 "--kwargs", json.dumps(kwargs)])
         out = capsys.readouterr().out
         assert rc == 0, out
-        assert "steps: Deploy, SmokeTest" in out and "created pipeline" in out
+        assert "steps: CheckDeployParameters, Deploy, SmokeTest" in out and "created pipeline" in out
         sm = session.client("sagemaker")
         described = sm.describe_pipeline(PipelineName="imgpipe-p-1-deploy")
         definition = json.loads(described["PipelineDefinition"])
