@@ -103,7 +103,8 @@ def test_shipped_code_runs_without_imgpipe(built, tmp_path):
     """The step's code tarball imports the backends module and the boto3 ``aws`` package as top-level
     code (python -S: no imgpipe) and never the local engine."""
     definition, store = built
-    code = [i for i in definition["Steps"][0]["Arguments"]["ProcessingInputs"] if i["InputName"] == "code"][0]
+    deploy = next(s for s in definition["Steps"] if s["Name"] == "Deploy")
+    code = [i for i in deploy["Arguments"]["ProcessingInputs"] if i["InputName"] == "code"][0]
     bucket, key = code["S3Input"]["S3Uri"][len("s3://"):].split("/", 1)
     with tarfile.open(store / bucket / key) as tar:
         names = set(tar.getnames())

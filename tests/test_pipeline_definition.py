@@ -268,7 +268,8 @@ def test_dependencies_follow_the_data(definition):
         "PrepareData",  # metadata test_data_url: the held-out images for the smoke test
     }
     assert refs["AccuracyTooLow"] == {"EvaluateModel"}
-    assert not any(step.get("DependsOn") for step in steps.values())
+    # the one ordering that is not data: no job before the parameter guard
+    assert {n: step["DependsOn"] for n, step in steps.items() if step.get("DependsOn")} == {"PrepareData": ["CheckParameters"]}
 
 
 def test_prepare_data_contract(definition):

@@ -18,7 +18,10 @@ from pipelines.local.processes import PGID_FILE
 from pipelines.local.records import Records
 from pipelines.local.scratch import collect_garbage, execution_of, trim_job_dir
 from pipelines.settings import Settings
-from test_local_jobs import _gone, digits, env, training_request  # noqa: F401 (fixtures)
+import test_local_jobs
+from test_local_jobs import _gone, training_request
+
+env, digits = test_local_jobs.env, test_local_jobs.digits  # their fixtures, used here too
 
 ROOT = Path(__file__).resolve().parents[1]
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl and /proc are Linux's")
@@ -67,7 +70,7 @@ def test_checkpoint_sync_copies_complete_changed_files_only(tmp_path):
     assert sorted(p.name for p in dest.iterdir()) == ["checkpoint.pt", "sub"]  # no partial files left
 
 
-def test_failed_job_keeps_log_and_reason_only(env, digits):  # noqa: F811
+def test_failed_job_keeps_log_and_reason_only(env, digits):
     result = env.api.run_training_job(training_request(env, digits, mode='"fail"'), "train-failed")
     assert result["TrainingJobStatus"] == "Failed" and "no images of class 7" in result["FailureReason"]
     job_dir = env.settings.jobs_root / "train-failed"
