@@ -206,7 +206,7 @@ def test_full_pipeline_register_then_fail_step_from_cache(home, tmp_path):
     # the job steps come from the cache, the FailStep fails it.
     accuracy = report["multiclass_classification_metrics"]["accuracy"]["value"]
     assert accuracy < 0.999
-    threshold = f"{accuracy + (1 - accuracy) / 2:.4f}"
+    threshold = str(round(accuracy + (1 - accuracy) / 2, 3))
     low = imgpipe("run", "--data", data, *TINY, "-p", f"AccuracyThreshold={threshold}", home=home, timeout=600)
     assert low.returncode == 1, low.stdout[-3000:] + low.stderr[-3000:]
     second = Records(settings.db_path).list_executions()[0]
