@@ -15,7 +15,7 @@ from pipelines.settings import Settings
 COMMAND_MODULES = (
     "pipelines.datasets",  # imgpipe data sample
     "pipelines.get_pipeline_definition",  # imgpipe definition
-    "pipelines.local.cli",  # imgpipe run / executions
+    "pipelines.local.cli",  # imgpipe run / executions / gc
     "pipelines.models_cli",  # imgpipe models list / describe / approve / reject
     "pipelines.endpoints_cli",  # imgpipe endpoints list / delete, imgpipe predict
     "pipelines.aws.triggers",  # imgpipe triggers apply

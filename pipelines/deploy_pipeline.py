@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 from sagemaker.processing import FrameworkProcessor, ProcessingInput, ProcessingOutput
 from sagemaker.pytorch import PyTorch
 from sagemaker.workflow import retry
+from sagemaker.workflow.condition_step import ConditionStep
 from sagemaker.workflow.functions import JsonGet
 from sagemaker.workflow.parameters import Parameter, ParameterFloat, ParameterInteger, ParameterString
 from sagemaker.workflow.pipeline import Pipeline
@@ -41,6 +42,7 @@ from sagemaker.workflow.properties import PropertyFile
 from sagemaker.workflow.steps import ProcessingStep
 
 from pipelines.backends import ENDPOINT_MODES
+from pipelines.parameter_guards import Bound, parameter_guard
 from pipelines.pipeline import FRAMEWORK_VERSION, PY_VERSION, SHARED_CODE, pytorch_image, throttling_retry
 from pipelines.sdk_session import Account, resolve_account
 from pipelines.staged_code import CODE_ROOT, ImgpipePipeline
@@ -92,6 +94,19 @@ def deploy_parameters(model_package_group_name: str, endpoint_name: str, endpoin
         processing_instance=ParameterString(name="ProcessingInstanceType",
                                             default_value=processing_instance_type),
     )
+
+
+def check_deploy_parameters_step(params: DeployParameters) -> ConditionStep:
+    """``CheckDeployParameters``: instance count >= 1, data capture 0-100 %, accuracy floor <= 1
+    (negative: no floor), accuracy drop 0-1, >= 1 smoke-test image (else ``InvalidDeployParameters``
+    fails before Deploy; the local engine refuses them up front)."""
+    return parameter_guard("CheckDeployParameters", "InvalidDeployParameters", [
+        Bound(params.instance_count, minimum=1),
+        Bound(params.capture, minimum=0, maximum=100),
+        Bound(params.min_accuracy, maximum=1),
+        Bound(params.max_drop, minimum=0, maximum=1),
+        Bound(params.max_images, minimum=1),
+    ])
 
 
 @dataclass(frozen=True)
@@ -277,11 +292,13 @@ def get_pipeline(
         model_role=model_execution_role or account.role,
         bake_seconds=bake_seconds,
     )
+    guard = check_deploy_parameters_step(params)
     deployed = deploy_step(ctx, rollback_alarms)
+    deployed.add_depends_on([guard])
     return ImgpipePipeline(
         name=pipeline_name,
         parameters=params.all(),
-        steps=[deployed, smoke_test_step(ctx, deployed)],
+        steps=[guard, deployed, smoke_test_step(ctx, deployed)],
         sagemaker_session=account.session,
         code_root=code_root,
         code_paths=(SOURCE_DIR, *DEPENDENCIES),

@@ -94,10 +94,18 @@ from sagemaker.workflow.retry import (
 )
 from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TrainingStep, TuningStep
 
+from pipelines.parameter_guards import Bound, parameter_guard
 from pipelines.sdk_session import Account, resolve_account
 from pipelines.sdk_workarounds import StableBuildEstimator, cached_config_validation
 from pipelines.staged_code import CODE_ROOT, ImgpipePipeline
 
+# The smallest ImageSize train.py runs with: torchvision's own minimum for every listed
+# architecture is 1 px (the weights' meta "min_size"), the batch augmentation's reflect padding
+# needs 2 (imgclf.data.MIN_AUGMENT_SIZE); tests/test_parameter_ranges.py derives it again.
+MIN_IMAGE_SIZE = 2
+# imgclf.models.ARCHITECTURES (tests check they match): the Architecture parameter's enum.
+ARCHITECTURE_NAMES = ("efficientnet_b0", "efficientnet_b7", "mobilenet_v2", "mobilenet_v3_large",
+                      "mobilenet_v3_small", "resnet101", "resnet18", "resnet34", "resnet50")
 SHARED_CODE = "training/imgclf"  # imported by every container script (contracts.md)
 
 # A PyTorch version the installed SDK knows for both training and inference images.
@@ -185,7 +193,8 @@ def build_parameters(input_data_url: str, processing_instance_type: str,
             default_value="PendingManualApproval",
             enum_values=["PendingManualApproval", "Approved", "Rejected"],
         ),
-        architecture=ParameterString(name="Architecture", default_value="mobilenet_v2"),
+        architecture=ParameterString(name="Architecture", default_value="mobilenet_v2",
+                                     enum_values=list(ARCHITECTURE_NAMES)),
         image_size=ParameterInteger(name="ImageSize", default_value=64),
         pretrained=ParameterString(name="Pretrained", default_value="true",
                                    enum_values=["true", "false"]),
@@ -193,6 +202,17 @@ def build_parameters(input_data_url: str, processing_instance_type: str,
         max_epochs=ParameterInteger(name="MaxEpochs", default_value=5),
         tuning_max_train_images=ParameterInteger(name="TuningMaxTrainImages", default_value=1500),
     )
+
+
+def check_parameters_step(params: BuildParameters) -> ConditionStep:
+    """``CheckParameters``: the ranges the jobs can run with (else ``InvalidParameters`` fails
+    the execution before its first job; the local engine refuses them up front)."""
+    return parameter_guard("CheckParameters", "InvalidParameters", [
+        Bound(params.min_epochs, minimum=1, maximum=params.max_epochs),
+        Bound(params.accuracy_threshold, minimum=0, maximum=1),
+        Bound(params.image_size, minimum=MIN_IMAGE_SIZE),
+        Bound(params.tuning_max_train_images, minimum=0),
+    ])
 
 
 def throttling_retry() -> StepRetryPolicy:
@@ -691,7 +711,9 @@ def get_pipeline(
             max_run_seconds=max_run_seconds, max_wait_seconds=max_wait_seconds,
             system_monitor_interval_millis=system_monitor_interval_millis)
         package = PackageSettings(model_package_group_name, inference_instance_types, transform_instance_types)
+        guard = check_parameters_step(params)
         prepared = prepare_data_step(ctx)
+        prepared.add_depends_on([guard])
         tuned = tuning_step(ctx, prepared)
         trained = training_step(ctx, prepared, tuned)
         evaluated = evaluation_step(ctx, prepared, trained)
@@ -702,7 +724,7 @@ def get_pipeline(
     return ImgpipePipeline(
         name=pipeline_name,
         parameters=params.all(),
-        steps=[prepared, tuned, trained, evaluated, check],
+        steps=[guard, prepared, tuned, trained, evaluated, check],
         sagemaker_session=account.session,
         code_root=code_root,
     )

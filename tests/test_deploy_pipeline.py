@@ -45,7 +45,10 @@ def test_parameters_and_steps(built):
         "SmokeTestMaxAccuracyDrop": ("Float", 0.02), "SmokeTestMinAccuracy": ("Float", -1.0),
         "SmokeTestDataUrl": ("String", ""), "SmokeTestMaxImages": ("Integer", 200),
         "ProcessingInstanceType": ("String", "ml.m5.large")}
-    deploy, smoke = definition["Steps"]
+    guard, deploy, smoke = definition["Steps"]
+    assert (guard["Name"], guard["Type"]) == ("CheckDeployParameters", "Condition")
+    assert [s["Name"] for s in guard["Arguments"]["ElseSteps"]] == ["InvalidDeployParameters"]
+    assert deploy["DependsOn"] == ["CheckDeployParameters"]  # no deployment with impossible parameters
     assert (deploy["Name"], deploy["Type"], smoke["Name"], smoke["Type"]) == ("Deploy", "Processing", "SmokeTest", "Processing")
     args = deploy["Arguments"]["AppSpecification"]["ContainerArguments"]
     options = dict(zip(args[::2], args[1::2]))
@@ -86,7 +89,7 @@ def test_parameters_and_steps(built):
 def test_step_and_parameter_order_is_pinned(built):
     """Steps and parameters in definition order: a refactor cannot drop or reorder one silently."""
     definition, _ = built
-    assert [s["Name"] for s in definition["Steps"]] == ["Deploy", "SmokeTest"]
+    assert [s["Name"] for s in definition["Steps"]] == ["CheckDeployParameters", "Deploy", "SmokeTest"]
     assert [p["Name"] for p in definition["Parameters"]] == [
         "ModelPackageGroupName", "EndpointName", "EndpointInstanceType", "EndpointInstanceCount",
         "DataCaptureSamplingPercentage", "EndpointMode", "SmokeTestMaxAccuracyDrop", "SmokeTestMinAccuracy",
@@ -117,7 +120,8 @@ def test_shipped_code_runs_without_imgpipe(built, tmp_path):
     """The step's code tarball imports the backends module and the boto3 ``aws`` package as top-level
     code (python -S: no imgpipe) and never the local engine."""
     definition, store = built
-    code = [i for i in definition["Steps"][0]["Arguments"]["ProcessingInputs"] if i["InputName"] == "code"][0]
+    deploy = next(s for s in definition["Steps"] if s["Name"] == "Deploy")
+    code = [i for i in deploy["Arguments"]["ProcessingInputs"] if i["InputName"] == "code"][0]
     bucket, key = code["S3Input"]["S3Uri"][len("s3://"):].split("/", 1)
     with tarfile.open(store / bucket / key) as tar:
         names = set(tar.getnames())
@@ -148,7 +152,7 @@ def test_run_pipeline_upserts_the_deploy_pipeline(monkeypatch, capsys):
                                 "--kwargs", json.dumps(kwargs)])
         out = capsys.readouterr().out
         assert rc == 0, out
-        assert "steps: Deploy, SmokeTest" in out and "created pipeline" in out
+        assert "steps: CheckDeployParameters, Deploy, SmokeTest" in out and "created pipeline" in out
         sm = session.client("sagemaker")
         described = sm.describe_pipeline(PipelineName="imgpipe-p-1-deploy")
         definition = json.loads(described["PipelineDefinition"])

@@ -202,14 +202,18 @@ def test_full_pipeline_register_then_fail_step_from_cache(home, tmp_path):
     assert package["EvaluationMetrics"] == report
     assert package["PipelineExecutionArn"] == first.arn
 
-    # Same inputs, an unreachable threshold: the job steps come from the cache, the FailStep fails it.
-    low = imgpipe("run", "--data", data, *TINY, "-p", "AccuracyThreshold=1.01", home=home, timeout=600)
+    # Same inputs, a threshold above the accuracy reached (within 0..1, else refused up front):
+    # the job steps come from the cache, the FailStep fails it.
+    accuracy = report["multiclass_classification_metrics"]["accuracy"]["value"]
+    assert accuracy < 0.999
+    threshold = str(round(accuracy + (1 - accuracy) / 2, 3))
+    low = imgpipe("run", "--data", data, *TINY, "-p", f"AccuracyThreshold={threshold}", home=home, timeout=600)
     assert low.returncode == 1, low.stdout[-3000:] + low.stderr[-3000:]
     second = Records(settings.db_path).list_executions()[0]
     status = {s.name: s.display_status for s in Records(settings.db_path).steps(second.id)}
     assert status["AccuracyTooLow"] == "Failed" and status["RegisterModel-RegisterModel"] == "NotRun"
     for name in ("PrepareData", "TuneHyperparameters", "TrainBestModel", "EvaluateModel"):
         assert status[name] == "Succeeded (cached)", status
-    assert second.status == "Failed" and "1.01" in second.failure_reason
+    assert second.status == "Failed" and threshold in second.failure_reason
     assert f"Failure: {second.failure_reason}" in low.stdout
     assert len(LocalModelRegistry(settings).list_packages()) == 1  # nothing registered

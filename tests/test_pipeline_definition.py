@@ -27,6 +27,8 @@ KWARGS = {
 }
 JOB_STEPS = ("PrepareData", "TuneHyperparameters", "TrainBestModel", "EvaluateModel")
 EXPECTED_TYPES = {
+    "CheckParameters": "Condition",
+    "InvalidParameters": "Fail",
     "PrepareData": "Processing",
     "TuneHyperparameters": "Tuning",
     "TrainBestModel": "Training",
@@ -218,8 +220,10 @@ def test_exactly_the_steps_with_their_types(definition):
     steps = all_steps(definition)
     assert {name: step["Type"] for name, step in steps.items()} == EXPECTED_TYPES
     assert [s["Name"] for s in definition["Steps"]] == [
-        "PrepareData", "TuneHyperparameters", "TrainBestModel", "EvaluateModel", "CheckAccuracy"
+        "CheckParameters", "PrepareData", "TuneHyperparameters", "TrainBestModel", "EvaluateModel", "CheckAccuracy"
     ]
+    assert [s["Name"] for s in steps["CheckParameters"]["Arguments"]["ElseSteps"]] == ["InvalidParameters"]
+    assert steps["PrepareData"]["DependsOn"] == ["CheckParameters"]  # no job before the guard
     check = steps["CheckAccuracy"]["Arguments"]
     assert [s["Name"] for s in check["IfSteps"]] == [
         "RegisterModel-RepackModel-0", "RegisterModel-RegisterModel"
@@ -237,7 +241,7 @@ def test_step_and_parameter_order_is_pinned(definition):
             yield from walk(step["Arguments"].get("ElseSteps", []))
 
     assert list(walk(definition["Steps"])) == [
-        "PrepareData", "TuneHyperparameters", "TrainBestModel", "EvaluateModel", "CheckAccuracy",
+        "CheckParameters", "InvalidParameters", "PrepareData", "TuneHyperparameters", "TrainBestModel", "EvaluateModel", "CheckAccuracy",
         "RegisterModel-RepackModel-0", "RegisterModel-RegisterModel", "AccuracyTooLow",
     ]
     assert [p["Name"] for p in definition["Parameters"]] == [
@@ -264,7 +268,8 @@ def test_dependencies_follow_the_data(definition):
         "PrepareData",  # metadata test_data_url: the held-out images for the smoke test
     }
     assert refs["AccuracyTooLow"] == {"EvaluateModel"}
-    assert not any(step.get("DependsOn") for step in steps.values())
+    # the one ordering that is not data: no job before the parameter guard
+    assert {n: step["DependsOn"] for n, step in steps.items() if step.get("DependsOn")} == {"PrepareData": ["CheckParameters"]}
 
 
 def test_prepare_data_contract(definition):

@@ -30,6 +30,7 @@ from pipelines.local.engine import (
 from pipelines.local.object_store import ObjectStore
 from pipelines.local.progress import Progress, format_duration, format_table, rule_rows, steps_table, summary
 from pipelines.local.records import Records
+from pipelines.local.scratch import collect_garbage
 from pipelines.settings import Settings
 
 DATA_PARAMETER = "InputDataUrl"
@@ -255,6 +256,21 @@ def cmd_executions_retry(args: argparse.Namespace) -> int:
     return _report(result, settings)
 
 
+# -- imgpipe gc ----------------------------------------------------------------------
+def cmd_gc(args: argparse.Namespace) -> int:
+    """``imgpipe gc``: trim the job directories of executions that are not running."""
+    settings = _settings(args)
+    records = Records(settings.db_path)
+    records.fail_stale_executions()
+    report = collect_garbage(settings.jobs_root, running=records.running_execution_ids(), dry_run=args.dry_run)
+    verb = "would trim" if args.dry_run else "trimmed"
+    print(f"{verb} {len(report.trimmed)} job director{'y' if len(report.trimmed) == 1 else 'ies'}, "
+          f"{report.freed_bytes / 2**20:.1f} MiB"
+          + (f"; killed leftover processes of {len(report.killed)} job(s)" if report.killed else "")
+          + (f"; {len(report.skipped)} job(s) of running executions left alone" if report.skipped else ""))
+    return EXIT_OK
+
+
 # -- wiring ----------------------------------------------------------------------------
 def _home_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", help="state directory (default: $IMGPIPE_HOME or ./.imgpipe)")
@@ -287,3 +303,8 @@ def register(subparsers) -> None:
         cmd.add_argument("execution", help="execution id (or a unique prefix, or its ARN)")
         _home_option(cmd)
         cmd.set_defaults(func=func)
+
+    gc = subparsers.add_parser("gc", help="free the scratch space of jobs that are not running (logs kept)")
+    gc.add_argument("--dry-run", action="store_true", help="only say what would be trimmed")
+    _home_option(gc)
+    gc.set_defaults(func=cmd_gc)

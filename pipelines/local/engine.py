@@ -12,7 +12,9 @@ upserted) on this machine, step by step in dependency order.
 - ``RetryPolicies``: a job failure whose reason names an internal / capacity / resource-limit
   / throttling / service-fault error is retried as the matching policy says.
 - Ctrl-C / SIGTERM stops running jobs and marks the execution Stopped; executions left
-  Executing by a process that died are marked Failed when an engine starts.
+  Executing by a process that died are marked Failed when an engine starts, which also kills
+  what is left of their jobs' process groups and trims their scratch space
+  (:mod:`pipelines.local.scratch`).
 """
 from __future__ import annotations
 
@@ -40,7 +42,9 @@ from pipelines.local.expressions import (
     step_references,
 )
 from pipelines.local.object_store import ObjectStore
+from pipelines.local.parameter_ranges import ParameterRangeError, check_parameter_ranges
 from pipelines.local.records import ExecutionRecord, Records, StepRecord, pid_alive
+from pipelines.local.scratch import collect_garbage
 from pipelines.settings import Settings
 
 EventCallback = Callable[[dict], None]
@@ -210,10 +214,17 @@ def validate_parameters(definition: dict, values: Optional[Mapping[str, Any]]) -
 def check_definition(definition: dict, parameters: Optional[Mapping[str, Any]]) -> tuple[dict[str, StepNode], dict]:
     """The definition's steps (checked to run in an order: no cycle, no unknown reference) and
     its parameters (names and types checked, defaults filled in). Raises
-    :class:`DefinitionError` / :class:`ParameterError`; the one check before anything runs."""
+    :class:`DefinitionError` / :class:`ParameterError`; the one check before anything runs.
+    Values are also checked against the ranges the definition implies (SageMaker's limits on
+    the request fields they feed, the definition's parameter guards: :mod:`pipelines.local.parameter_ranges`)."""
     nodes = flatten_steps(definition)
     topological_order(nodes)
-    return nodes, validate_parameters(definition, parameters)
+    values = validate_parameters(definition, parameters)
+    try:
+        check_parameter_ranges(definition, values)
+    except ParameterRangeError as exc:
+        raise ParameterError(str(exc)) from exc
+    return nodes, values
 
 
 # -- small helpers ------------------------------------------------------------------
@@ -411,7 +422,9 @@ class Engine:
         self._factory = sagemaker_factory
         self._sagemaker: Any = None
         self._run: Optional[_Run] = None
-        self.records.fail_stale_executions()
+        stale = self.records.fail_stale_executions()
+        if stale:  # their engine died: kill what is left of their jobs, free their scratch space
+            collect_garbage(settings.jobs_root, running=(), only=set(stale))
 
     # public ----------------------------------------------------------------------
     def run(self, definition: dict, parameters: Optional[Mapping[str, Any]] = None,

@@ -15,6 +15,7 @@ from pipelines.local.jobs import (
     remove_copies, start_job, write_json,
 )
 from pipelines.local.processes import run_process
+from pipelines.local.scratch import trim_job_dir
 
 
 def _processing_command(app: dict, mapper: PathMapper) -> list[str]:
@@ -54,6 +55,9 @@ def run_processing_job(request: dict, job_name: str, ctx: JobContext) -> dict:
         _execute_processing(request, job_name, ctx, mapper, log_path, outcome)
     except Exception as exc:
         outcome.fail(exc, log_path)
+    if outcome.status != "Completed":
+        log_note(log_path, f"job {outcome.status.lower()}: scratch space removed (log and failure reason kept)")
+        trim_job_dir(job_dir)
     describe = {
         "ProcessingJobName": job_name,
         "ProcessingJobArn": job_arn(ctx.settings, "processing-job", job_name),

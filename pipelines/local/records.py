@@ -188,6 +188,12 @@ class Records:
                                 (limit,)).fetchall()
         return [_execution(r) for r in rows]
 
+    def running_execution_ids(self) -> set[str]:
+        """Ids of executions whose engine process is alive (this process included)."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT id, pid FROM exec_executions WHERE status='Executing'").fetchall()
+        return {r["id"] for r in rows if r["pid"] == os.getpid() or pid_alive(r["pid"])}
+
     def fail_stale_executions(self) -> list[str]:
         """Mark executions left Executing by a process that no longer exists as Failed
         (their unfinished steps too); returns their ids."""

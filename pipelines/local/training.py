@@ -25,8 +25,10 @@ from pipelines.local.jobs import (
     decode_hyperparameter, extract_tar, fetch, job_arn, log_note, make_tar, remove_copies, start_job,
     to_cmd_args, toolkit_env_value, write_json,
 )
+from pipelines.local.checkpoints import CheckpointSync
 from pipelines.local.object_store import ObjectStore
 from pipelines.local.processes import run_process
+from pipelines.local.scratch import trim_job_dir
 
 
 SAGEMAKER_HP_PREFIX = "sagemaker_"
@@ -223,6 +225,9 @@ def run_training_job(request: dict, job_name: str, ctx: JobContext,
         _execute_training(request, job_name, ctx, layout, parser, outcome, on_metric)
     except Exception as exc:
         outcome.fail(exc, log_path)
+    if outcome.status != "Completed":
+        log_note(log_path, f"job {outcome.status.lower()}: scratch space removed (log and failure reason kept)")
+        trim_job_dir(job_dir)
     describe = {
         "TrainingJobName": job_name,
         "TrainingJobArn": job_arn(ctx.settings, "training-job", job_name),
@@ -289,7 +294,7 @@ def _execute_training(request: dict, job_name: str, ctx: JobContext, layout: _Tr
     max_runtime = (request.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
     outcome.start = utc_now_iso()
     started = time.time()
-    with _system_sampler(request, layout):
+    with _system_sampler(request, layout), _checkpoint_sync(request, ctx, layout):
         result = run_process(cmd, cwd=job_dir / "code", env=env, log_path=log_path, on_line=on_line,
                              control=ctx.control, max_runtime=max_runtime)
     outcome.finish(result, job_dir, log_path, max_runtime)
@@ -298,6 +303,15 @@ def _execute_training(request: dict, job_name: str, ctx: JobContext, layout: _Tr
     if outcome.status == "Completed":  # in the store now (or container scratch); a failed job keeps everything
         remove_copies([job_dir / "input" / "data", job_dir / "model", layout.checkpoint_dir,
                         layout.tensors_dir, layout.tensorboard_dir, layout.profiler_dir])
+
+
+def _checkpoint_sync(request: dict, ctx: JobContext, layout: _TrainingLayout) -> Any:
+    """Checkpoints copied to ``CheckpointConfig.S3Uri`` as the job writes them (a no-op without one)."""
+    uri = (request.get("CheckpointConfig") or {}).get("S3Uri")
+    if not uri:
+        return contextlib.nullcontext()
+    return CheckpointSync(layout.checkpoint_dir, ctx.store.path(uri),
+                          on_copy=lambda rel: log_note(layout.log_path, f"checkpoint {rel} copied to {uri}"))
 
 
 def _system_sampler(request: dict, layout: _TrainingLayout) -> Any:

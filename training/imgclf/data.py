@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+MIN_AUGMENT_SIZE = 2  # the smallest image side augment_batch can shift (reflect padding of 1 px)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 
@@ -153,7 +154,7 @@ def augment_batch(images: torch.Tensor, generator: Optional[torch.Generator] = N
     # drawn on the CPU (a CPU generator keeps runs reproducible), applied where the images are
     flip = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
     images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    pad = max(1, size // 8)
+    pad = max(1, size // 8)  # reflect padding needs pad < size: MIN_AUGMENT_SIZE
     padded = torch.nn.functional.pad(images.float(), (pad, pad, pad, pad), mode="reflect")
     dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
     return padded[:, :, dy : dy + size, dx : dx + size]
