@@ -111,11 +111,13 @@ def test_build_pipeline_refuses_out_of_range_values_up_front(tmp_path):
 def test_deploy_pipeline_refuses_out_of_range_values_up_front(tmp_path):
     out, _ = run_cli(tmp_path / "home", "--pipeline-module", "pipelines.deploy_pipeline",
                      "-p", "EndpointInstanceCount=0", "-p", "DataCaptureSamplingPercentage=150",
-                     "-p", "SmokeTestMinAccuracy=1.5", "-p", "SmokeTestMaxImages=0")
+                     "-p", "SmokeTestMinAccuracy=1.5", "-p", "SmokeTestMaxAccuracyDrop=-0.1",
+                     "-p", "SmokeTestMaxImages=0")
     assert out.returncode == 2, out.stderr
     for words in ("EndpointInstanceCount must be >= 1 (got EndpointInstanceCount=0)",
                   "DataCaptureSamplingPercentage must be >= 0 and <= 100 (got DataCaptureSamplingPercentage=150)",
-                  "SmokeTestMinAccuracy must be >= 0 and <= 1 (got SmokeTestMinAccuracy=1.5)",
+                  "SmokeTestMinAccuracy must be <= 1 (got SmokeTestMinAccuracy=1.5)",  # negative: no floor
+                  "SmokeTestMaxAccuracyDrop must be >= 0 and <= 1 (got SmokeTestMaxAccuracyDrop=-0.1)",
                   "SmokeTestMaxImages must be >= 1 (got SmokeTestMaxImages=0)"):
         assert words in out.stderr, out.stderr
 
