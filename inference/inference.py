@@ -64,6 +64,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from imgclf.artifact import META_FILE, ArtifactError, extract_archive, load_model
+from imgclf.container import positive_int_from_env
 from imgclf.data import image_to_uint8, normalize_batch, resized_size
 
 try:  # present in AWS's inference containers (and in the test environment), not in imgpipe's
@@ -166,29 +167,15 @@ class Limits:
         defaults = cls()
         return cls(
             **{
-                field: _env_int(environ, var, getattr(defaults, field))
+                field: positive_int_from_env(environ, var, getattr(defaults, field))
                 for field, var in cls.ENV.items()
             }
         )
 
 
-def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    """A positive integer from the environment (``_`` separators allowed), else ``default``."""
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
-    if value < 1:
-        raise ValueError(f"{name}={value} must be at least 1")
-    return value
-
-
 def top_k_from_env(environ: Mapping[str, str] = os.environ) -> int:
     """``IMGPIPE_TOP_K`` (default 5): how many classes each answer lists at most."""
-    return _env_int(environ, ENV_TOP_K, DEFAULT_TOP_K)
+    return positive_int_from_env(environ, ENV_TOP_K, DEFAULT_TOP_K)
 
 
 # ---------------------------------------------------------------------------- model_fn

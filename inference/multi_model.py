@@ -13,7 +13,7 @@ model just loaded always stays, even if it alone is over ``max_bytes``. Concurre
 a model being loaded wait for that one load (and get its error if it fails); requests for other
 models are never blocked by a load. A failed load is not remembered: the next request tries again.
 
-Only the standard library is imported here.
+Only the standard library (and ``imgclf.container``, which needs nothing else) is imported here.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping, Optional
+
+from imgclf.container import positive_int_from_env
 
 ENV_MAX_MODELS = "IMGPIPE_MME_MAX_MODELS"
 ENV_MAX_BYTES = "IMGPIPE_MME_MAX_BYTES"
@@ -52,20 +54,7 @@ class CacheLimits:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "CacheLimits":
-        return cls(_positive(environ, ENV_MAX_MODELS) or DEFAULT_MAX_MODELS, _positive(environ, ENV_MAX_BYTES))
-
-
-def _positive(environ: Mapping[str, str], name: str) -> Optional[int]:
-    raw = environ.get(name, "").strip().replace("_", "")
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
-    if value < 1:
-        raise ValueError(f"{name}={value} must be at least 1")
-    return value
+        return cls(positive_int_from_env(environ, ENV_MAX_MODELS) or DEFAULT_MAX_MODELS, positive_int_from_env(environ, ENV_MAX_BYTES))
 
 
 def check_target_name(target: str) -> PurePosixPath:

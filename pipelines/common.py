@@ -1,6 +1,7 @@
 """Small helpers that the CLIs, the local engine and the AWS side share, written once."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -51,3 +52,13 @@ def pid_alive(pid: Optional[int]) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--backend local|aws``, ``--home`` and ``--region``, as every backend-switching command takes them."""
+    from pipelines.backends import BACKENDS
+
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help=f"{what}: local (default) or aws (SageMaker)")
+    parser.add_argument("--home", help="local state directory (default: $IMGPIPE_HOME or ./.imgpipe)")
+    parser.add_argument("--region", help="AWS region (aws backend; default: boto3's configuration)")

@@ -26,7 +26,7 @@ pipelines.deploy_pipeline`` (see :mod:`pipelines.offline`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -35,7 +35,7 @@ from sagemaker.pytorch import PyTorch
 from sagemaker.workflow import retry
 from sagemaker.workflow.condition_step import ConditionStep
 from sagemaker.workflow.functions import JsonGet
-from sagemaker.workflow.parameters import Parameter, ParameterFloat, ParameterInteger, ParameterString
+from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
 from sagemaker.workflow.pipeline import Pipeline
 from sagemaker.workflow.pipeline_context import PipelineSession
 from sagemaker.workflow.properties import PropertyFile
@@ -43,7 +43,9 @@ from sagemaker.workflow.steps import ProcessingStep
 
 from pipelines.backends import ENDPOINT_MODES
 from pipelines.parameter_guards import Bound, parameter_guard
-from pipelines.pipeline import FRAMEWORK_VERSION, PY_VERSION, SHARED_CODE, pytorch_image, throttling_retry
+from pipelines.pipeline import (
+    FRAMEWORK_VERSION, PY_VERSION, SHARED_CODE, ParameterSet, pytorch_image, throttling_retry,
+)
 from pipelines.sdk_session import Account, resolve_account
 from pipelines.staged_code import CODE_ROOT, ImgpipePipeline
 
@@ -54,7 +56,7 @@ DEPENDENCIES = (SHARED_CODE, "pipelines/backends.py", "pipelines/aws")
 
 
 @dataclass(frozen=True)
-class DeployParameters:
+class DeployParameters(ParameterSet):
     """The deploy pipeline's parameters, in the order the definition lists them."""
 
     group: ParameterString
@@ -68,10 +70,6 @@ class DeployParameters:
     test_data: ParameterString
     max_images: ParameterInteger
     processing_instance: ParameterString
-
-    def all(self) -> list[Parameter]:
-        """Every parameter, in declaration order."""
-        return [getattr(self, f.name) for f in fields(self)]
 
 
 def deploy_parameters(model_package_group_name: str, endpoint_name: str, endpoint_instance_type: str,

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipelines import backends
-from pipelines.backends import BACKENDS, HostingError
+from pipelines.backends import HostingError
+from pipelines.common import add_backend_arguments
 from pipelines.local.progress import format_table
 from pipelines.settings import Settings
 
@@ -152,13 +153,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # -- wiring ----------------------------------------------------------------------------------
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=BACKENDS, default="local",
-                        help="local server processes (default) or aws (SageMaker endpoints)")
-    parser.add_argument("--home", help="local state directory (default: $IMGPIPE_HOME or ./.imgpipe)")
-    parser.add_argument("--region", help="AWS region (aws backend; default: boto3's configuration)")
-
-
 def register(subparsers) -> None:
     """Add ``endpoints list|delete`` and ``predict`` to the ``imgpipe`` parser."""
     endpoints = subparsers.add_parser("endpoints", help="model endpoints (local server processes or SageMaker)",
@@ -180,4 +174,4 @@ def register(subparsers) -> None:
     predict.add_argument("--top-k", type=int, default=5, help="rows per image (the endpoint answers up to 5)")
     predict.set_defaults(func=cmd_predict)
     for cmd in (listing, delete, predict):
-        _common(cmd)
+        add_backend_arguments(cmd, "endpoints")

@@ -22,8 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from pipelines.backends import BACKENDS, get_registry
-from pipelines.common import UsageError
+from pipelines.backends import get_registry
+from pipelines.common import UsageError, add_backend_arguments
 from pipelines.local.progress import format_table
 from pipelines.settings import Settings
 
@@ -196,13 +196,6 @@ def cmd_reject(args: argparse.Namespace) -> int:
 
 
 # -- wiring ------------------------------------------------------------------------------
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=BACKENDS, default="local",
-                        help="registry: local (default) or aws (SageMaker)")
-    parser.add_argument("--home", help="local state directory (default: $IMGPIPE_HOME or ./.imgpipe)")
-    parser.add_argument("--region", help="AWS region (aws backend; default: boto3's configuration)")
-
-
 def _package_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("package", metavar="VERSION|ARN",
                         help="version (with --group if ambiguous), GROUP/VERSION or ARN")
@@ -233,4 +226,4 @@ def register(subparsers) -> None:
                               "e.g. -p EndpointMode=MultiModel")
         cmd.set_defaults(func=func)
     for cmd in (listing, describe, *(sub.choices[n] for n in ("approve", "reject"))):
-        _common(cmd)
+        add_backend_arguments(cmd, "registry")

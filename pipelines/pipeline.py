@@ -151,8 +151,16 @@ class PipelinePyTorch(StableBuildEstimator, PyTorch):
     """The PyTorch estimator with the SDK workarounds that keep a build's cache keys stable."""
 
 
+class ParameterSet:
+    """A frozen dataclass of pipeline parameters; :meth:`all` lists them in declaration order."""
+
+    def all(self) -> list[Parameter]:
+        """Every parameter, in declaration order (the order the definition lists them)."""
+        return [getattr(self, f.name) for f in fields(self)]
+
+
 @dataclass(frozen=True)
-class BuildParameters:
+class BuildParameters(ParameterSet):
     """The pipeline parameters (execution-time inputs), in the order the definition lists them."""
 
     input_data: ParameterString
@@ -169,9 +177,6 @@ class BuildParameters:
     max_epochs: ParameterInteger
     tuning_max_train_images: ParameterInteger
 
-    def all(self) -> list[Parameter]:
-        """Every parameter, in declaration order."""
-        return [getattr(self, f.name) for f in fields(self)]
 
 
 def build_parameters(input_data_url: str, processing_instance_type: str,

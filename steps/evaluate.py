@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from imgclf.artifact import extract_archive, load_model
-from imgclf.container import write_failure
+from imgclf.container import failure_reported
 from imgclf.data import decode_images, list_image_folder, normalize_batch
 
 
@@ -159,11 +159,8 @@ def evaluate(model_dir: Path, test_dir: Path, output_dir: Path, batch_size: int 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
+    with failure_reported():  # SageMaker shows why as the job's FailureReason
         evaluate(Path(args.model_dir), Path(args.test_dir), Path(args.output_dir), args.batch_size, args.workers)
-    except Exception as exc:  # report why to SageMaker, then fail the job
-        write_failure(f"{type(exc).__name__}: {exc}")
-        raise
     return 0
 
 

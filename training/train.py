@@ -41,7 +41,7 @@ import torchvision
 from torch import nn
 
 from imgclf.artifact import save_model
-from imgclf.container import write_failure
+from imgclf.container import failure_reported
 from imgclf.data import augment_batch, list_image_folder, make_loader, normalize_batch
 from imgclf.recorder import TrainingRecorder, restore_copy, tensorboard_dir_from_config
 from imgclf.models import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, build_model, get_architecture
@@ -540,11 +540,8 @@ def train(args: argparse.Namespace, started_at: Optional[float] = None) -> dict[
 def main(argv: Optional[list[str]] = None) -> int:
     started_at = time.time()
     args = get_args_parser().parse_args(argv)
-    try:
+    with failure_reported():  # SageMaker shows why as the job's FailureReason
         train(args, started_at)
-    except Exception as exc:  # report why to SageMaker, then fail the job
-        write_failure(f"{type(exc).__name__}: {exc}")
-        raise
     return 0
 
 

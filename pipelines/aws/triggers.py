@@ -307,19 +307,14 @@ def settings_from_args(args: argparse.Namespace) -> TriggerSettings:
     )
 
 
-def cmd_apply(args: argparse.Namespace) -> int:
+def run_aws_command(action: Callable[[], Any]) -> int:
+    """Run a CLI command's AWS work: bad input exits 2 with its message, an AWS or other error
+    exits 1 with one line naming what was refused (never a traceback), success 0."""
     from pipelines.common import UsageError
     from pipelines.run_pipeline import _error_message
 
-    if args.backend == "local":
-        print("local backend: nothing to apply. `imgpipe models approve|reject` starts the local "
-              "deploy pipeline itself; schedule retraining with cron running `imgpipe run`.")
-        return 0
     try:
-        import boto3
-
-        settings = settings_from_args(args)
-        apply_triggers(settings, boto3.Session(region_name=args.region), report=lambda c: print(c, flush=True))
+        action()
     except (UsageError, TriggerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -327,6 +322,21 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"error: {_error_message(exc)[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    if args.backend == "local":
+        print("local backend: nothing to apply. `imgpipe models approve|reject` starts the local "
+              "deploy pipeline itself; schedule retraining with cron running `imgpipe run`.")
+        return 0
+
+    def apply() -> None:
+        import boto3
+
+        apply_triggers(settings_from_args(args), boto3.Session(region_name=args.region),
+                       report=lambda c: print(c, flush=True))
+
+    return run_aws_command(apply)
 
 
 def register(subparsers) -> None:

@@ -107,25 +107,19 @@ def cmd_template(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     """``imgpipe triggers deploy``: create or update the stack."""
-    from pipelines.common import UsageError
+    from pipelines.aws.triggers import run_aws_command
     from pipelines.pipeline_args import parse_tags
-    from pipelines.run_pipeline import _error_message
 
-    try:
+    def deploy() -> None:
         import boto3
 
         session = boto3.Session(region_name=args.region)
         values = _parameters_from_args(args, session)
         action = deploy_stack(session.client("cloudformation"), args.stack_name, values,
                               tuple(parse_tags(args.tags)))
-    except (UsageError, TriggerError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - a CLI: one line, not a traceback
-        print(f"error: {_error_message(exc)[0]}", file=sys.stderr)
-        return 1
-    print(f"stack {args.stack_name}: {action}")
-    return 0
+        print(f"stack {args.stack_name}: {action}")
+
+    return run_aws_command(deploy)
 
 
 def _settings_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Optional
 from pipelines.common import utc_now_iso
 from pipelines.local.object_store import ObjectStore
 from pipelines.local.processes import JobControl, ProcessResult
+from pipelines.local.scratch import trim_job_dir
 from pipelines.settings import Settings
 
 EventCallback = Callable[[dict], None]
@@ -292,6 +293,20 @@ class JobOutcome:
         self.status, self.reason = "Failed", _truncate(f"{type(exc).__name__}: {exc}")
         self.end = self.end or utc_now_iso()
         log_note(log_path, f"failed: {self.reason}")
+
+
+def run_job_body(job_dir: Path, log_path: Path, body: Callable[[JobOutcome], None]) -> JobOutcome:
+    """Run ``body`` (which fills in the outcome); any exception it raises fails the job. A job that
+    did not complete keeps only its log and failure reason (its scratch space is removed)."""
+    outcome = JobOutcome()
+    try:
+        body(outcome)
+    except Exception as exc:
+        outcome.fail(exc, log_path)
+    if outcome.status != "Completed":
+        log_note(log_path, f"job {outcome.status.lower()}: scratch space removed (log and failure reason kept)")
+        trim_job_dir(job_dir)
+    return outcome
 
 
 def start_job(ctx: JobContext, job_name: str) -> tuple[Path, PathMapper, Path]:

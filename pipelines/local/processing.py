@@ -11,11 +11,10 @@ from pathlib import Path
 
 from pipelines.common import utc_now_iso
 from pipelines.local.jobs import (
-    CURRENT_HOST, JobContext, JobOutcome, LocalJobError, PathMapper, base_env, fetch, job_arn, log_note,
+    CURRENT_HOST, JobContext, JobOutcome, LocalJobError, PathMapper, base_env, fetch, job_arn, log_note, run_job_body,
     remove_copies, start_job, write_json,
 )
 from pipelines.local.processes import run_process
-from pipelines.local.scratch import trim_job_dir
 
 
 def _processing_command(app: dict, mapper: PathMapper) -> list[str]:
@@ -50,14 +49,8 @@ def run_processing_job(request: dict, job_name: str, ctx: JobContext) -> dict:
     """CreateProcessingJob request → DescribeProcessingJob-shaped dict (never raises for a job failure)."""
     created = utc_now_iso()
     job_dir, mapper, log_path = start_job(ctx, job_name)
-    outcome = JobOutcome()
-    try:
-        _execute_processing(request, job_name, ctx, mapper, log_path, outcome)
-    except Exception as exc:
-        outcome.fail(exc, log_path)
-    if outcome.status != "Completed":
-        log_note(log_path, f"job {outcome.status.lower()}: scratch space removed (log and failure reason kept)")
-        trim_job_dir(job_dir)
+    outcome = run_job_body(job_dir, log_path,
+                           lambda outcome: _execute_processing(request, job_name, ctx, mapper, log_path, outcome))
     describe = {
         "ProcessingJobName": job_name,
         "ProcessingJobArn": job_arn(ctx.settings, "processing-job", job_name),

@@ -22,13 +22,12 @@ from urllib.parse import urlparse
 from pipelines.common import utc_now_iso
 from pipelines.local.jobs import (
     CURRENT_HOST, OPT_ML, JobContext, JobOutcome, LocalJobError, MetricParser, PathMapper, base_env,
-    decode_hyperparameter, extract_tar, fetch, job_arn, log_note, make_tar, remove_copies, start_job,
+    decode_hyperparameter, extract_tar, fetch, job_arn, log_note, make_tar, remove_copies, run_job_body, start_job,
     to_cmd_args, toolkit_env_value, write_json,
 )
 from pipelines.local.checkpoints import CheckpointSync
 from pipelines.local.object_store import ObjectStore
 from pipelines.local.processes import run_process
-from pipelines.local.scratch import trim_job_dir
 
 
 SAGEMAKER_HP_PREFIX = "sagemaker_"
@@ -220,14 +219,8 @@ def run_training_job(request: dict, job_name: str, ctx: JobContext,
     layout = _TrainingLayout(job_dir, mapper, log_path, mapper.path(checkpoint_local))
     algorithm = request.get("AlgorithmSpecification") or {}
     parser = MetricParser(algorithm.get("MetricDefinitions") or [])
-    outcome = JobOutcome()
-    try:
-        _execute_training(request, job_name, ctx, layout, parser, outcome, on_metric)
-    except Exception as exc:
-        outcome.fail(exc, log_path)
-    if outcome.status != "Completed":
-        log_note(log_path, f"job {outcome.status.lower()}: scratch space removed (log and failure reason kept)")
-        trim_job_dir(job_dir)
+    outcome = run_job_body(job_dir, log_path,
+                           lambda outcome: _execute_training(request, job_name, ctx, layout, parser, outcome, on_metric))
     describe = {
         "TrainingJobName": job_name,
         "TrainingJobArn": job_arn(ctx.settings, "training-job", job_name),
