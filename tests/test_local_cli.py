@@ -1,6 +1,7 @@
 """``imgpipe run`` / ``executions`` / ``models`` through the real command line (subprocesses)."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
