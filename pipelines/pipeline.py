@@ -3,16 +3,21 @@
 ::
 
     PrepareData --train,valid--> TuneHyperparameters --best trial--> TrainBestModel
-         |                       (Bayesian, trials on a             (all images, Debugger
-         |                        subset of the images)              rules, Profiler report)
-         |                                                                 |
-         |                                                                 v model.tar.gz
-         '--------------------------- test -------------------------> EvaluateModel
-                                                                           | evaluation.json
-                                                                           v
-                                         accuracy >= AccuracyThreshold  CheckAccuracy
-                                   .--------------------------------------'   |
-                                   v                                          v otherwise
+         |                       (Bayesian, trials on a             (all images, event files for
+         |                        subset of the images)              the insights; with Debugger:
+         |                                                           hook, rules, Profiler report)
+         |                                                           |                  |
+         |                                              TensorBoard  v                  | model.tar.gz
+         |                                              event files  AnalyzeTraining    |
+         |                                                           | training_insights.json
+         '--------------------------- test -------------------------------------> EvaluateModel
+                                                                     v                  | evaluation.json
+                   FailOnTrainingIssues=false or no issues    CheckTraining  --otherwise--> TrainingIssuesFound (Fail)
+                                   .---------------------------------'                  |
+                                   v                                                    |
+                             CheckAccuracy <--------------------------------------------'
+         accuracy >= AccuracyThreshold |                    | otherwise
+                                   v                        v
         RegisterModel (ModelStep: RegisterModel-RepackModel-0 ->        AccuracyTooLow (Fail)
                        RegisterModel-RegisterModel)
 
@@ -24,10 +29,17 @@ Steps (SageMaker SDK v2, ``step_args`` style, one :class:`PipelineSession`):
   PyTorch estimator of ``training/train.py``; objective ``valid_accuracy`` (Maximize), parsed from
   the epoch log lines. Trials train on at most ``TuningMaxTrainImages`` images.
 * ``TrainBestModel``: the same estimator on all images with the best trial's hyperparameters
-  (``BestTrainingJob.TunedHyperParameters``), Debugger hook + rules, Profiler report, S3
-  checkpoints, optional managed spot.
+  (``BestTrainingJob.TunedHyperParameters``), ``TensorBoardOutputConfig`` (train.py records what
+  the training-insight rules read there), S3 checkpoints, optional managed spot; with
+  ``sagemaker_debugger`` (default) also the Debugger hook + rules, the Profiler report and
+  smdebug installed from a ``requirements.txt`` in its code.
+* ``AnalyzeTraining``: ``steps/analyze_training.py`` on TrainBestModel's TensorBoard output ->
+  ``training_insights.json`` (``PropertyFile`` ``TrainingInsights``): the five rules and the
+  profiler findings, on every account.
 * ``EvaluateModel``: ``steps/evaluate.py`` on the test split -> ``evaluation.json``
   (``PropertyFile`` ``EvaluationReport``).
+* ``CheckTraining``: ``FailOnTrainingIssues`` is ``false`` (default) or no rule found issues ->
+  ``CheckAccuracy``, else ``TrainingIssuesFound`` (Fail, naming the rules).
 * ``CheckAccuracy``: test accuracy >= ``AccuracyThreshold`` -> ``RegisterModel`` (a ``ModelStep``
   that the SDK compiles into ``RegisterModel-RepackModel-0`` (Training: puts ``inference/`` into
   ``model.tar.gz/code``) and ``RegisterModel-RegisterModel``), else ``AccuracyTooLow`` (Fail).
