@@ -733,6 +733,20 @@ def build_context(account: Account, params: BuildParameters, *, base_job_prefix:
     )
 
 
+def build_steps(ctx: BuildContext, package: PackageSettings, sagemaker_project_name: Optional[str]) -> list:
+    """The top-level steps of the build pipeline, each made by its builder (the rest nest in the conditions)."""
+    prepared = prepare_data_step(ctx)
+    tuned = tuning_step(ctx, prepared)
+    trained = training_step(ctx, prepared, tuned)
+    analyzed = analysis_step(ctx, trained)
+    evaluated = evaluation_step(ctx, prepared, trained)
+    accuracy = accuracy_of(evaluated)
+    metadata = package_metadata(ctx, prepared, tuned, accuracy, sagemaker_project_name)
+    registered = register_step(ctx, package, trained, evaluated, metadata)
+    check = check_accuracy_step(ctx, accuracy, registered, fail_step(ctx, accuracy))
+    return [prepared, tuned, trained, analyzed, evaluated, check_training_step(ctx, analyzed, check)]
+
+
 def parse_flag(value: bool | str, name: str) -> bool:
     """A boolean build option given as a bool or a string ("true"/"false", e.g. from a
     buildspec variable); anything else is an error naming the option."""
@@ -815,20 +829,11 @@ def get_pipeline(
             system_monitor_interval_millis=system_monitor_interval_millis,
             sagemaker_debugger=parse_flag(sagemaker_debugger, "sagemaker_debugger"))
         package = PackageSettings(model_package_group_name, inference_instance_types, transform_instance_types)
-        prepared = prepare_data_step(ctx)
-        tuned = tuning_step(ctx, prepared)
-        trained = training_step(ctx, prepared, tuned)
-        analyzed = analysis_step(ctx, trained)
-        evaluated = evaluation_step(ctx, prepared, trained)
-        accuracy = accuracy_of(evaluated)
-        metadata = package_metadata(ctx, prepared, tuned, accuracy, sagemaker_project_name)
-        registered = register_step(ctx, package, trained, evaluated, metadata)
-        check = check_accuracy_step(ctx, accuracy, registered, fail_step(ctx, accuracy))
-        gate = check_training_step(ctx, analyzed, check)
+        steps = build_steps(ctx, package, sagemaker_project_name)
     return ImgpipePipeline(
         name=pipeline_name,
         parameters=params.all(),
-        steps=[prepared, tuned, trained, analyzed, evaluated, gate],
+        steps=steps,
         sagemaker_session=account.session,
         code_root=code_root,
         profiler_free=not ctx.sagemaker_debugger,
