@@ -405,13 +405,17 @@ def tuning_step(ctx: BuildContext, prepared: ProcessingStep) -> TuningStep:
 def debugger_collections() -> dict[str, CollectionConfig]:
     """One set of collections for the hook and the rules: a rule's default collections (save
     interval 500 steps: a handful of saves in a small job) would be added next to these."""
+    # The job's TensorBoardOutputConfig (AnalyzeTraining's input) makes smdebug's hook write
+    # TensorBoard summaries there too: no histograms (2 MB at step 0 of the default run, read by
+    # nothing); the rules read the saved tensors, not these.
+    no_histograms = {"save_histogram": "false"}
     return {
-        "losses": CollectionConfig(name="losses", parameters={"save_interval": "10"}),
-        "weights": CollectionConfig(name="weights", parameters={"save_interval": "50"}),
-        "gradients": CollectionConfig(name="gradients", parameters={"save_interval": "50"}),
+        "losses": CollectionConfig(name="losses", parameters={"save_interval": "10", **no_histograms}),
+        "weights": CollectionConfig(name="weights", parameters={"save_interval": "50", **no_histograms}),
+        "gradients": CollectionConfig(name="gradients", parameters={"save_interval": "50", **no_histograms}),
         "activation_inputs": CollectionConfig(
             name="activation_inputs",
-            parameters=ACTIVATION_INPUTS_COLLECTION,
+            parameters={**ACTIVATION_INPUTS_COLLECTION, **no_histograms},
         ),
     }
 

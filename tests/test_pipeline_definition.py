@@ -381,6 +381,9 @@ def test_profiler_and_all_debugger_rules(definition):
     collections = [c["CollectionName"] for c in args["DebugHookConfig"]["CollectionConfigurations"]]
     assert {"losses", "weights", "gradients"} <= set(collections)
     assert len(collections) == len(set(collections)), collections  # one config per collection
+    # smdebug writes TensorBoard summaries next to train.py's recording: scalars only
+    for config in args["DebugHookConfig"]["CollectionConfigurations"]:
+        assert config["CollectionParameters"]["save_histogram"] == "false", config
 
 
 def test_analyze_training_reads_the_final_trainings_tensorboard_output(definition):
