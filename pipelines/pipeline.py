@@ -3,16 +3,21 @@
 ::
 
     PrepareData --train,valid--> TuneHyperparameters --best trial--> TrainBestModel
-         |                       (Bayesian, trials on a             (all images, Debugger
-         |                        subset of the images)              rules, Profiler report)
-         |                                                                 |
-         |                                                                 v model.tar.gz
-         '--------------------------- test -------------------------> EvaluateModel
-                                                                           | evaluation.json
-                                                                           v
-                                         accuracy >= AccuracyThreshold  CheckAccuracy
-                                   .--------------------------------------'   |
-                                   v                                          v otherwise
+         |                       (Bayesian, trials on a             (all images, event files for
+         |                        subset of the images)              the insights; with Debugger:
+         |                                                           hook, rules, Profiler report)
+         |                                                           |                  |
+         |                                              TensorBoard  v                  | model.tar.gz
+         |                                              event files  AnalyzeTraining    |
+         |                                                           | training_insights.json
+         '--------------------------- test -------------------------------------> EvaluateModel
+                                                                     v                  | evaluation.json
+                   FailOnTrainingIssues=false or no issues    CheckTraining  --otherwise--> TrainingIssuesFound (Fail)
+                                   .---------------------------------'                  |
+                                   v                                                    |
+                             CheckAccuracy <--------------------------------------------'
+         accuracy >= AccuracyThreshold |                    | otherwise
+                                   v                        v
         RegisterModel (ModelStep: RegisterModel-RepackModel-0 ->        AccuracyTooLow (Fail)
                        RegisterModel-RegisterModel)
 
@@ -24,10 +29,17 @@ Steps (SageMaker SDK v2, ``step_args`` style, one :class:`PipelineSession`):
   PyTorch estimator of ``training/train.py``; objective ``valid_accuracy`` (Maximize), parsed from
   the epoch log lines. Trials train on at most ``TuningMaxTrainImages`` images.
 * ``TrainBestModel``: the same estimator on all images with the best trial's hyperparameters
-  (``BestTrainingJob.TunedHyperParameters``), Debugger hook + rules, Profiler report, S3
-  checkpoints, optional managed spot.
+  (``BestTrainingJob.TunedHyperParameters``), ``TensorBoardOutputConfig`` (train.py records what
+  the training-insight rules read there), S3 checkpoints, optional managed spot; with
+  ``sagemaker_debugger`` (default) also the Debugger hook + rules, the Profiler report and
+  smdebug installed from a ``requirements.txt`` in its code.
+* ``AnalyzeTraining``: ``steps/analyze_training.py`` on TrainBestModel's TensorBoard output ->
+  ``training_insights.json`` (``PropertyFile`` ``TrainingInsights``): the five rules and the
+  profiler findings, on every account.
 * ``EvaluateModel``: ``steps/evaluate.py`` on the test split -> ``evaluation.json``
   (``PropertyFile`` ``EvaluationReport``).
+* ``CheckTraining``: ``FailOnTrainingIssues`` is ``false`` (default) or no rule found issues ->
+  ``CheckAccuracy``, else ``TrainingIssuesFound`` (Fail, naming the rules).
 * ``CheckAccuracy``: test accuracy >= ``AccuracyThreshold`` -> ``RegisterModel`` (a ``ModelStep``
   that the SDK compiles into ``RegisterModel-RepackModel-0`` (Training: puts ``inference/`` into
   ``model.tar.gz/code``) and ``RegisterModel-RegisterModel``), else ``AccuracyTooLow`` (Fail).
@@ -60,6 +72,7 @@ from sagemaker.debugger import (
     Rule,
     rule_configs,
 )
+from sagemaker.debugger.debugger import TensorBoardOutputConfig
 from sagemaker.inputs import TrainingInput
 from sagemaker.model_metrics import MetricsSource, ModelMetrics
 from sagemaker.processing import FrameworkProcessor, ProcessingInput, ProcessingOutput
@@ -71,7 +84,7 @@ from sagemaker.tuner import (
     IntegerParameter,
 )
 from sagemaker.workflow.condition_step import ConditionStep
-from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo
+from sagemaker.workflow.conditions import ConditionEquals, ConditionGreaterThanOrEqualTo, ConditionOr
 from sagemaker.workflow.execution_variables import ExecutionVariables
 from sagemaker.workflow.fail_step import FailStep
 from sagemaker.workflow.functions import Join, JsonGet
@@ -97,7 +110,8 @@ from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TrainingStep, 
 from pipelines.parameter_guards import Bound, parameter_guard
 from pipelines.sdk_session import Account, resolve_account
 from pipelines.sdk_workarounds import StableBuildEstimator, cached_config_validation
-from pipelines.staged_code import CODE_ROOT, ImgpipePipeline
+from pipelines.staged_code import CODE_ROOT, DEBUGGER_REQUIREMENTS, ImgpipePipeline
+from imgclf.insights import rule_arguments
 
 # The smallest ImageSize train.py runs with: torchvision's own minimum for every listed
 # architecture is 1 px (the weights' meta "min_size"), the batch augmentation's reflect padding
@@ -107,6 +121,8 @@ MIN_IMAGE_SIZE = 2
 ARCHITECTURE_NAMES = ("efficientnet_b0", "efficientnet_b7", "mobilenet_v2", "mobilenet_v3_large",
                       "mobilenet_v3_small", "resnet101", "resnet18", "resnet34", "resnet50")
 SHARED_CODE = "training/imgclf"  # imported by every container script (contracts.md)
+# Where train.py records the training-insight event files (the job's TensorBoardOutputConfig).
+TENSORBOARD_LOCAL_PATH = "/opt/ml/output/tensorboard"
 
 # A PyTorch version the installed SDK knows for both training and inference images.
 FRAMEWORK_VERSION = "2.6.0"
@@ -176,6 +192,7 @@ class BuildParameters(ParameterSet):
     min_epochs: ParameterInteger
     max_epochs: ParameterInteger
     tuning_max_train_images: ParameterInteger
+    fail_on_training_issues: ParameterString
 
 
 
@@ -206,6 +223,8 @@ def build_parameters(input_data_url: str, processing_instance_type: str,
         min_epochs=ParameterInteger(name="MinEpochs", default_value=2),
         max_epochs=ParameterInteger(name="MaxEpochs", default_value=5),
         tuning_max_train_images=ParameterInteger(name="TuningMaxTrainImages", default_value=1500),
+        fail_on_training_issues=ParameterString(name="FailOnTrainingIssues", default_value="false",
+                                                enum_values=["true", "false"]),
     )
 
 
@@ -273,6 +292,7 @@ class BuildContext:
     spot: dict
     max_run_seconds: int
     system_monitor_interval_millis: int
+    sagemaker_debugger: bool = True
 
     @property
     def s3_prefix(self) -> str:
@@ -378,6 +398,7 @@ def tuning_step(ctx: BuildContext, prepared: ProcessingStep) -> TuningStep:
         "tuning",
         {**static_hyperparameters(params), "max-train-images": params.tuning_max_train_images},
         disable_profiler=True,  # per-trial profiling is noise; the final job is profiled
+        **({} if ctx.sagemaker_debugger else {"debugger_hook_config": False}),
     )
     tuner = HyperparameterTuner(
         estimator=tuning_estimator,
@@ -409,13 +430,17 @@ def tuning_step(ctx: BuildContext, prepared: ProcessingStep) -> TuningStep:
 def debugger_collections() -> dict[str, CollectionConfig]:
     """One set of collections for the hook and the rules: a rule's default collections (save
     interval 500 steps: a handful of saves in a small job) would be added next to these."""
+    # The job's TensorBoardOutputConfig (AnalyzeTraining's input) makes smdebug's hook write
+    # TensorBoard summaries there too: no histograms (2 MB at step 0 of the default run, read by
+    # nothing); the rules read the saved tensors, not these.
+    no_histograms = {"save_histogram": "false"}
     return {
-        "losses": CollectionConfig(name="losses", parameters={"save_interval": "10"}),
-        "weights": CollectionConfig(name="weights", parameters={"save_interval": "50"}),
-        "gradients": CollectionConfig(name="gradients", parameters={"save_interval": "50"}),
+        "losses": CollectionConfig(name="losses", parameters={"save_interval": "10", **no_histograms}),
+        "weights": CollectionConfig(name="weights", parameters={"save_interval": "50", **no_histograms}),
+        "gradients": CollectionConfig(name="gradients", parameters={"save_interval": "50", **no_histograms}),
         "activation_inputs": CollectionConfig(
             name="activation_inputs",
-            parameters=ACTIVATION_INPUTS_COLLECTION,
+            parameters={**ACTIVATION_INPUTS_COLLECTION, **no_histograms},
         ),
     }
 
@@ -440,10 +465,34 @@ def debugger_rules(collections: dict[str, CollectionConfig]) -> list:
     ]
 
 
-def training_step(ctx: BuildContext, prepared: ProcessingStep, tuned: TuningStep) -> TrainingStep:
-    """``TrainBestModel``: all images, the best trial's hyperparameters, Debugger and Profiler."""
-    best = tuned.properties.BestTrainingJob
+def debugger_settings(ctx: BuildContext) -> dict:
+    """TrainBestModel's SageMaker Debugger and Profiler arguments: the hook, the rules, the
+    Profiler config and report, and smdebug installed in the container (``requirements.txt``)
+    with ``ctx.sagemaker_debugger``; explicitly none of them without."""
+    if not ctx.sagemaker_debugger:
+        return {"debugger_hook_config": False, "disable_profiler": True}
     collections = debugger_collections()
+    return {
+        "profiler_config": ProfilerConfig(system_monitor_interval_millis=ctx.system_monitor_interval_millis),
+        "debugger_hook_config": DebuggerHookConfig(
+            s3_output_path=f"{ctx.s3_prefix}/debugger",
+            collection_configs=[collections[n] for n in ("losses", "weights", "gradients")],
+        ),
+        "rules": debugger_rules(collections),
+        # at the code tarball's root, where SageMaker's training toolkit pip-installs it
+        "dependencies": [DEBUGGER_REQUIREMENTS],
+    }
+
+
+def tensorboard_prefix(ctx: BuildContext) -> str:
+    """Where TrainBestModel's TensorBoard event files go: ``<this>/<job name>/tensorboard-output``."""
+    return f"{ctx.s3_prefix}/tensorboard"
+
+
+def training_step(ctx: BuildContext, prepared: ProcessingStep, tuned: TuningStep) -> TrainingStep:
+    """``TrainBestModel``: all images, the best trial's hyperparameters, the training-insight
+    recording (TensorBoard event files) and, with SageMaker Debugger on, Debugger and Profiler."""
+    best = tuned.properties.BestTrainingJob
     train_estimator = estimator(
         ctx,
         "training",
@@ -455,14 +504,11 @@ def training_step(ctx: BuildContext, prepared: ProcessingStep, tuned: TuningStep
         # Checkpoints belong to the best trial's configuration: a retried or spot-interrupted
         # job resumes from them, and a cached tuning step keeps the final step cacheable too.
         checkpoint_s3_uri=Join(on="/", values=[f"{ctx.s3_prefix}/checkpoints", best.TrainingJobName]),
-        profiler_config=ProfilerConfig(
-            system_monitor_interval_millis=ctx.system_monitor_interval_millis
+        # train.py records what AnalyzeTraining reads into this LocalPath; SageMaker uploads it.
+        tensorboard_output_config=TensorBoardOutputConfig(
+            s3_output_path=tensorboard_prefix(ctx), container_local_output_path=TENSORBOARD_LOCAL_PATH,
         ),
-        debugger_hook_config=DebuggerHookConfig(
-            s3_output_path=f"{ctx.s3_prefix}/debugger",
-            collection_configs=[collections[n] for n in ("losses", "weights", "gradients")],
-        ),
-        rules=debugger_rules(collections),
+        **debugger_settings(ctx),
     )
     return TrainingStep(
         name="TrainBestModel",
@@ -470,6 +516,64 @@ def training_step(ctx: BuildContext, prepared: ProcessingStep, tuned: TuningStep
         step_args=train_estimator.fit(inputs=training_channels(prepared)),
         cache_config=ctx.cache_config,
         retry_policies=ctx.job_retries,
+    )
+
+
+def analysis_step(ctx: BuildContext, trained: TrainingStep) -> ProcessingStep:
+    """``AnalyzeTraining``: the five rules and the profiler findings on what train.py recorded
+    -> ``training_insights.json`` (``PropertyFile`` ``TrainingInsights``)."""
+    insights_file = PropertyFile(name="TrainingInsights", output_name="insights", path="training_insights.json")
+    recorded = Join(on="/", values=[tensorboard_prefix(ctx), trained.properties.TrainingJobName, "tensorboard-output"])
+    return ProcessingStep(
+        name="AnalyzeTraining",
+        description="Training-insight rules (loss, gradients, overfit, overtraining, initialisation) and profiler findings.",
+        step_args=processor(ctx, "analyze-training").run(
+            code="analyze_training.py",
+            source_dir="steps",
+            dependencies=[SHARED_CODE],
+            inputs=[ProcessingInput(source=recorded, destination="/opt/ml/processing/input/tensorboard")],
+            outputs=[ProcessingOutput(output_name="insights", source="/opt/ml/processing/insights")],
+            arguments=[
+                "--tensorboard-dir", "/opt/ml/processing/input/tensorboard",
+                "--output-dir", "/opt/ml/processing/insights",
+                *rule_arguments(),
+            ],
+        ),
+        property_files=[insights_file],
+        cache_config=ctx.cache_config,
+        retry_policies=ctx.job_retries,
+    )
+
+
+def training_issues_of(analyzed: ProcessingStep, json_path: str) -> JsonGet:
+    """A value of AnalyzeTraining's ``training_insights.json``."""
+    return JsonGet(step_name=analyzed.name, property_file=analyzed.property_files[0], json_path=json_path)
+
+
+def training_issues_fail_step(analyzed: ProcessingStep) -> FailStep:
+    """``TrainingIssuesFound``: stop without registering, naming the rules that found issues."""
+    return FailStep(
+        name="TrainingIssuesFound",
+        description="Stop without registering: a training-insight rule found issues (FailOnTrainingIssues=true).",
+        error_message=Join(on=" ", values=[
+            "Training-insight rules found issues:", training_issues_of(analyzed, "issue_summary"),
+            "- model not registered (FailOnTrainingIssues=true).",
+        ]),
+    )
+
+
+def check_training_step(ctx: BuildContext, analyzed: ProcessingStep, then: ConditionStep) -> ConditionStep:
+    """``CheckTraining``: go on to ``then`` (CheckAccuracy) unless ``FailOnTrainingIssues`` is
+    ``true`` and a rule found issues; then fail."""
+    return ConditionStep(
+        name="CheckTraining",
+        description="Go on unless FailOnTrainingIssues=true and a training-insight rule found issues.",
+        conditions=[ConditionOr(conditions=[
+            ConditionEquals(left=ctx.params.fail_on_training_issues, right="false"),
+            ConditionEquals(left=training_issues_of(analyzed, "issues_found"), right=0),
+        ])],
+        if_steps=[then],
+        else_steps=[training_issues_fail_step(analyzed)],
     )
 
 
@@ -590,7 +694,11 @@ def register_step(ctx: BuildContext, package: PackageSettings, trained: Training
         retry_policies=[ctx.throttling_retry],
         # The repack job's output (the model.tar.gz with code/ that gets registered) under the
         # project's prefix instead of s3://<bucket>/pytorch-inference-<timestamp>.
-        repack_model_step_settings={"output_path": f"{ctx.s3_prefix}/registered-models"},
+        repack_model_step_settings={
+            "output_path": f"{ctx.s3_prefix}/registered-models",
+            # the SDK gives its repack job a Debugger hook by default (it disables only the profiler)
+            **({} if ctx.sagemaker_debugger else {"debugger_hook_config": False}),
+        },
     )
 
 
@@ -628,7 +736,7 @@ def build_context(account: Account, params: BuildParameters, *, base_job_prefix:
                   framework_version: str, py_version: str, processing_instance_type: str,
                   training_instance_type: str, enable_caching: bool, cache_expire_after: str,
                   use_spot_instances: bool, max_run_seconds: int, max_wait_seconds: Optional[int],
-                  system_monitor_interval_millis: int) -> BuildContext:
+                  system_monitor_interval_millis: int, sagemaker_debugger: bool = True) -> BuildContext:
     """The context of the build pipeline's step builders."""
     throttling = throttling_retry()
     spot = {}
@@ -650,7 +758,37 @@ def build_context(account: Account, params: BuildParameters, *, base_job_prefix:
         spot=spot,
         max_run_seconds=max_run_seconds,
         system_monitor_interval_millis=system_monitor_interval_millis,
+        sagemaker_debugger=sagemaker_debugger,
     )
+
+
+def build_steps(ctx: BuildContext, package: PackageSettings, sagemaker_project_name: Optional[str]) -> list:
+    """The top-level steps of the build pipeline, each made by its builder (the rest nest in the conditions)."""
+    guard = check_parameters_step(ctx.params)
+    prepared = prepare_data_step(ctx)
+    prepared.add_depends_on([guard])
+    tuned = tuning_step(ctx, prepared)
+    trained = training_step(ctx, prepared, tuned)
+    analyzed = analysis_step(ctx, trained)
+    evaluated = evaluation_step(ctx, prepared, trained)
+    accuracy = accuracy_of(evaluated)
+    metadata = package_metadata(ctx, prepared, tuned, accuracy, sagemaker_project_name)
+    registered = register_step(ctx, package, trained, evaluated, metadata)
+    check = check_accuracy_step(ctx, accuracy, registered, fail_step(ctx, accuracy))
+    return [guard, prepared, tuned, trained, analyzed, evaluated, check_training_step(ctx, analyzed, check)]
+
+
+def parse_flag(value: bool | str, name: str) -> bool:
+    """A boolean build option given as a bool or a string ("true"/"false", e.g. from a
+    buildspec variable); anything else is an error naming the option."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{name}: expected true or false, got {value!r}")
 
 
 def get_pipeline(
@@ -677,6 +815,7 @@ def get_pipeline(
     sagemaker_project_name: Optional[str] = None,
     sagemaker_project_arn: Optional[str] = None,
     code_root: Path | str = CODE_ROOT,
+    sagemaker_debugger: bool = True,
 ) -> Pipeline:
     """Build the model-build pipeline (nothing is called on AWS until ``definition()``/``upsert()``).
 
@@ -703,6 +842,10 @@ def get_pipeline(
         sagemaker_project_name, sagemaker_project_arn: passed by SageMaker project seed
             buildspecs; recorded in the model package metadata.
         code_root: directory holding ``steps/``, ``training/`` and ``inference/``.
+        sagemaker_debugger: ``True``: TrainBestModel has SageMaker Debugger's hook and rules,
+            the Profiler config and ProfilerReport, and installs smdebug in its container.
+            ``False`` (accounts that cannot use Debugger: new since 2026-07-30): no step has any
+            Debugger or Profiler configuration. ``AnalyzeTraining`` gives the rule verdicts either way.
     """
     account = resolve_account(region, role, default_bucket, sagemaker_session)
     params = build_parameters(input_data_url or f"s3://{account.bucket}/{base_job_prefix}/data",
@@ -714,22 +857,15 @@ def get_pipeline(
             training_instance_type=training_instance_type, enable_caching=enable_caching,
             cache_expire_after=cache_expire_after, use_spot_instances=use_spot_instances,
             max_run_seconds=max_run_seconds, max_wait_seconds=max_wait_seconds,
-            system_monitor_interval_millis=system_monitor_interval_millis)
+            system_monitor_interval_millis=system_monitor_interval_millis,
+            sagemaker_debugger=parse_flag(sagemaker_debugger, "sagemaker_debugger"))
         package = PackageSettings(model_package_group_name, inference_instance_types, transform_instance_types)
-        guard = check_parameters_step(params)
-        prepared = prepare_data_step(ctx)
-        prepared.add_depends_on([guard])
-        tuned = tuning_step(ctx, prepared)
-        trained = training_step(ctx, prepared, tuned)
-        evaluated = evaluation_step(ctx, prepared, trained)
-        accuracy = accuracy_of(evaluated)
-        metadata = package_metadata(ctx, prepared, tuned, accuracy, sagemaker_project_name)
-        registered = register_step(ctx, package, trained, evaluated, metadata)
-        check = check_accuracy_step(ctx, accuracy, registered, fail_step(ctx, accuracy))
+        steps = build_steps(ctx, package, sagemaker_project_name)
     return ImgpipePipeline(
         name=pipeline_name,
         parameters=params.all(),
-        steps=[guard, prepared, tuned, trained, evaluated, check],
+        steps=steps,
         sagemaker_session=account.session,
         code_root=code_root,
+        profiler_free=not ctx.sagemaker_debugger,
     )

@@ -11,6 +11,9 @@ the plain SDK object without it and asserts that the behaviour is still there, s
   each of the ~100 config lookups.
 * :func:`user_sdk_config_exists`: where the SDK looks for the user's config file (a private name).
 * :func:`freeze_definition`: make ``upsert()`` send an already compiled definition.
+* :func:`without_disabled_profiler`: drop the ``ProfilerConfig: {"DisableProfiler": true}`` the
+  SDK gives every training job it builds without a profiler (the repack job included), so a
+  definition built without SageMaker Debugger carries no Profiler configuration at all.
 """
 from __future__ import annotations
 
@@ -129,3 +132,28 @@ def freeze_definition(pipeline: Pipeline) -> str:
     definition = pipeline.definition()
     pipeline.definition = lambda: definition  # type: ignore[method-assign]
     return definition
+
+
+DISABLED_PROFILER = {"DisableProfiler": True}
+
+
+def without_disabled_profiler(definition: str) -> str:
+    """``definition`` without the ``ProfilerConfig`` of any Training step (nested in conditions
+    too) whose whole config is ``{"DisableProfiler": true}``.
+
+    SDK 2.257's ``EstimatorBase._prepare_profiler_for_training`` sets that config on every job
+    with ``disable_profiler`` (and ``_RepackModelStep`` forces ``disable_profiler`` on its
+    estimator), so no estimator argument leaves ``ProfilerConfig`` out of the request.
+    """
+    document = json.loads(definition)
+
+    def strip(steps: list) -> None:
+        for step in steps:
+            arguments = step.get("Arguments") or {}
+            if step.get("Type") == "Training" and arguments.get("ProfilerConfig") == DISABLED_PROFILER:
+                del arguments["ProfilerConfig"]
+            strip(arguments.get("IfSteps") or [])
+            strip(arguments.get("ElseSteps") or [])
+
+    strip(document.get("Steps") or [])
+    return json.dumps(document)

@@ -17,12 +17,15 @@ from typing import Iterator, Sequence
 
 from sagemaker.workflow.pipeline import Pipeline
 
-from pipelines.sdk_workarounds import cached_config_validation
+from pipelines.sdk_workarounds import cached_config_validation, without_disabled_profiler
 
 # Repository root: holds steps/, training/ and inference/ (the container code).
 CODE_ROOT = Path(__file__).resolve().parent.parent
 # Directories shipped to SageMaker by the build pipeline, relative to CODE_ROOT.
-CODE_DIRS = ("steps", "training", "inference")
+# smdebug for TrainBestModel's container when the pipeline is built with SageMaker Debugger: a
+# file dependency lands at the code tarball's root, where SageMaker's training toolkit installs it.
+DEBUGGER_REQUIREMENTS = "pipelines/debugger_requirements/requirements.txt"
+CODE_DIRS = ("steps", "training", "inference", DEBUGGER_REQUIREMENTS)
 _BUILD_LITTER = ("__pycache__", ".pytest_cache", ".ipynb_checkpoints", ".DS_Store")
 
 
@@ -58,15 +61,18 @@ class ImgpipePipeline(Pipeline):
     """A :class:`Pipeline` whose definition is compiled from a staged copy of ``code_paths``.
 
     ``definition()`` is where the SDK runs the deferred ``fit()``/``run()``/``register()`` calls
-    and uploads the code; ``create``/``update``/``upsert`` all go through it.
+    and uploads the code; ``create``/``update``/``upsert`` all go through it. With
+    ``profiler_free``, no Training step keeps the SDK's ``{"DisableProfiler": true}`` config.
     """
 
     def __init__(self, *args, code_root: Path | str = CODE_ROOT,
-                 code_paths: Sequence[str] = CODE_DIRS, **kwargs):
+                 code_paths: Sequence[str] = CODE_DIRS, profiler_free: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.code_root = Path(code_root)
         self.code_paths = tuple(code_paths)
+        self.profiler_free = profiler_free
 
     def definition(self) -> str:
         with staged_code(self.code_root, self.code_paths), cached_config_validation():
-            return super().definition()
+            definition = super().definition()
+        return without_disabled_profiler(definition) if self.profiler_free else definition

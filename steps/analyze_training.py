@@ -9,7 +9,8 @@ findings (``imgclf.insights``, ``imgclf.profile_findings``) and writes
     {"rules": {"LossNotDecreasing": {"status": "NoIssuesFound", "step": 119,
                                      "values": {...}, "reason": "the training loss fell ..."}, ...},
      "profiler": {"DataLoaderBottleneck": {...}, ...},
-     "issues_found": 0, "rules_with_issues": [], "parameters": {...}, "steps": 120, "epochs": 5}
+     "issues_found": 0, "rules_with_issues": [], "issue_summary": "none", "parameters": {...},
+     "steps": 120, "epochs": 5}
 
 Rule parameters are ``--param Rule.name=value`` arguments (defaults tuned for fine-tuning:
 ``imgclf.insights.DEFAULT_PARAMETERS``). Needs only the standard library, numpy and its
@@ -47,6 +48,8 @@ def analyze(recording: Recording, params: dict) -> dict:
     profiler = {name: check(recording, params["Profiler"]).as_dict() for name, check in FINDINGS.items()}
     flagged = [name for name, verdict in rules.items() if verdict["status"] == "IssuesFound"]
     return {"rules": rules, "profiler": profiler, "issues_found": len(flagged), "rules_with_issues": flagged,
+            # one string for a FailStep's message (a list would not read as text there)
+            "issue_summary": "; ".join(f"{name} ({rules[name]['reason']})" for name in flagged) or "none",
             "profiler_issues_found": sum(v["status"] == "IssuesFound" for v in profiler.values()),
             "steps": len(recording.series("train/loss")), "epochs": len(recording.epochs()), "parameters": params}
 

@@ -154,6 +154,8 @@ def test_build_phase_upserts_and_starts_against_moto(buildspec, moto_server, tmp
     env.update({k: str(v) for k, v in buildspec.get("env", {}).get("variables", {}).items()})
     env["RETRAIN_SCHEDULE"] = "rate(7 days)"
     env["APPLY_TRIGGERS"] = "true"  # opt-in: the triggers from CodeBuild
+    assert env["SAGEMAKER_DEBUGGER"] == "true"  # the default; an account closed to Debugger sets false
+    env["SAGEMAKER_DEBUGGER"] = "false"
     script = "set -euo pipefail\n" + "\n".join(commands(buildspec, "build")) + "\n"
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -168,7 +170,12 @@ def test_build_phase_upserts_and_starts_against_moto(buildspec, moto_server, tmp
     artifact = json.loads((tmp_path / "pipeline-definition.json").read_text())
     assert artifact == definition
     groups = {s["Name"]: s for s in definition["Steps"]}
-    register = groups["CheckAccuracy"]["Arguments"]["IfSteps"][1]["Arguments"]
+    check_accuracy = groups["CheckTraining"]["Arguments"]["IfSteps"][0]
+    register = check_accuracy["Arguments"]["IfSteps"][1]["Arguments"]
+    # SAGEMAKER_DEBUGGER=false reached get_pipeline: no Debugger hook, rules or profiler
+    training = groups["TrainBestModel"]["Arguments"]
+    assert "TensorBoardOutputConfig" in training and not {"DebugHookConfig", "DebugRuleConfigurations",
+                                                          "ProfilerConfig"} & set(training)
     assert register["ModelPackageGroupName"] == name
     assert all(
         uri.startswith(f"s3://{BUCKET}/{name}") for uri in [p["DefaultValue"] for p in definition["Parameters"]

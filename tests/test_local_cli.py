@@ -1,6 +1,7 @@
 """``imgpipe run`` / ``executions`` / ``models`` through the real command line (subprocesses)."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -190,6 +191,10 @@ def test_full_pipeline_register_then_fail_step_from_cache(home, tmp_path):
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
     assert "trial 1/2" in ok.stdout and "epoch 1 valid_accuracy=" in ok.stdout
     assert "Best hyperparameters: " in ok.stdout and "Test accuracy: " in ok.stdout
+    # AnalyzeTraining's verdicts, one line per rule, in the summary and in describe
+    assert "Training insights (AnalyzeTraining/TrainingInsights): " in ok.stdout
+    for rule in ("LossNotDecreasing", "VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization"):
+        assert re.search(rf"^  {rule}: (NoIssuesFound|IssuesFound) — \S", ok.stdout, re.M), rule
     assert "Registered model: ImgpipeModels version 1" in ok.stdout
     assert "imgpipe models approve 1 " in ok.stdout  # the next steps, with a real held-out image
     predict_hint = next(line for line in ok.stdout.splitlines() if "imgpipe predict --endpoint imgpipe " in line)
@@ -212,8 +217,10 @@ def test_full_pipeline_register_then_fail_step_from_cache(home, tmp_path):
     second = Records(settings.db_path).list_executions()[0]
     status = {s.name: s.display_status for s in Records(settings.db_path).steps(second.id)}
     assert status["AccuracyTooLow"] == "Failed" and status["RegisterModel-RegisterModel"] == "NotRun"
-    for name in ("PrepareData", "TuneHyperparameters", "TrainBestModel", "EvaluateModel"):
+    for name in ("PrepareData", "TuneHyperparameters", "TrainBestModel", "AnalyzeTraining", "EvaluateModel"):
         assert status[name] == "Succeeded (cached)", status
+    described = imgpipe("executions", "describe", first.id, home=home)
+    assert "Training insights (AnalyzeTraining/TrainingInsights): " in described.stdout
     assert second.status == "Failed" and threshold in second.failure_reason
     assert f"Failure: {second.failure_reason}" in low.stdout
     assert len(LocalModelRegistry(settings).list_packages()) == 1  # nothing registered

@@ -218,6 +218,34 @@ def test_condition_else_branch_fail_step(settings):
     assert result.step("TooLow").failure_reason == "value below 0.8"
 
 
+def gate_pipeline(issues: str):
+    """The shape of the build pipeline's CheckTraining: go on unless the parameter says fail and
+    the property file counts issues (Or of two Equals, one over a JsonGet number)."""
+    report = [{"PropertyFileName": "Insights", "OutputName": "out", "FilePath": "result.json"}]
+    issues_found = {"Std:JsonGet": {"PropertyFile": get("Steps.Analyze.PropertyFiles.Insights"), "Path": "value"}}
+    gate = {"Name": "Gate", "Type": "Condition", "Arguments": {
+        "Conditions": [{"Type": "Or", "Conditions": [
+            {"Type": "Equals", "LeftValue": get("Parameters.FailOnIssues"), "RightValue": "false"},
+            {"Type": "Equals", "LeftValue": issues_found, "RightValue": 0}]}],
+        "IfSteps": [processing("Next")],
+        "ElseSteps": [{"Name": "IssuesFound", "Type": "Fail", "Arguments": {
+            "ErrorMessage": join("issues: ", issues_found)}}],
+    }}
+    return definition([processing("Analyze", "--value", issues, PropertyFiles=report), gate], FailOnIssues="false")
+
+
+@pytest.mark.parametrize("issues, fail_on_issues, failed", [("2", "false", False), ("2", "true", True), ("0", "true", False)])
+def test_or_gate_over_a_parameter_and_a_property_file(settings, issues, fail_on_issues, failed):
+    result = run_pipeline(gate_pipeline(issues), {"FailOnIssues": fail_on_issues}, settings)
+    status = {s.name: s.status for s in result.steps}
+    if failed:
+        assert result.status == "Failed" and result.failure_reason == "issues: 2.0"
+        assert status["IssuesFound"] == "Failed" and status["Next"] == "NotRun"
+    else:
+        assert result.status == "Succeeded", result.failure_reason
+        assert status["Next"] == "Succeeded" and status["IssuesFound"] == "NotRun"
+
+
 def test_cache_hit_on_identical_rerun(settings, tmp_path):
     count = tmp_path / "count"
     cache = {"Enabled": True, "ExpireAfter": "P30D"}

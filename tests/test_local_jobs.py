@@ -261,6 +261,19 @@ def test_training_job_contract_model_tar_and_metrics(env, digits):
     assert "valid_accuracy=0.75" in Path(result["LogPath"]).read_text()
 
 
+def test_training_requirements_are_not_installed_locally(env, digits):
+    """SageMaker's toolkit pip-installs a requirements.txt at the code root (smdebug, with
+    Debugger on); the engine is offline: it says so and runs with its own environment."""
+    request = training_request(env, digits)
+    code = put_tarball(env.store, f"s3://{BUCKET}/code/req/sourcedir.tar.gz",
+                       {"train.py": TRAIN_PY, "requirements.txt": "imgpipe-no-such-package==9.9\n"})
+    request["HyperParameters"]["sagemaker_submit_directory"] = json.dumps(code)
+    result = env.api.run_training_job(request, "train-req")
+    assert result["TrainingJobStatus"] == "Completed", result.get("FailureReason")
+    log = Path(result["LogPath"]).read_text()
+    assert "requirements.txt found: not installing it locally (offline)" in log
+
+
 def test_failure_file_and_crash_log_tail(env, digits):
     failed = env.api.run_training_job(training_request(env, digits, mode='"fail"'), "train-fail")
     assert failed["TrainingJobStatus"] == "Failed"

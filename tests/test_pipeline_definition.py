@@ -25,14 +25,17 @@ KWARGS = {
     "default_bucket": "imgpipe-test",
     "role": "arn:aws:iam::111122223333:role/imgpipe-test",
 }
-JOB_STEPS = ("PrepareData", "TuneHyperparameters", "TrainBestModel", "EvaluateModel")
+JOB_STEPS = ("PrepareData", "TuneHyperparameters", "TrainBestModel", "AnalyzeTraining", "EvaluateModel")
 EXPECTED_TYPES = {
     "CheckParameters": "Condition",
     "InvalidParameters": "Fail",
     "PrepareData": "Processing",
     "TuneHyperparameters": "Tuning",
     "TrainBestModel": "Training",
+    "AnalyzeTraining": "Processing",
     "EvaluateModel": "Processing",
+    "CheckTraining": "Condition",
+    "TrainingIssuesFound": "Fail",
     "CheckAccuracy": "Condition",
     # ModelStep("RegisterModel") = the SDK's repack job + the registration itself.
     "RegisterModel-RepackModel-0": "Training",
@@ -100,6 +103,25 @@ def cli_run(tmp_path_factory):
 def definition(cli_run) -> dict:
     assert cli_run.returncode == 0, cli_run.stderr[-3000:]
     return json.loads(cli_run.stdout)
+
+
+@pytest.fixture(scope="module")
+def built_without_debugger(tmp_path_factory):
+    """The definition ``get-pipeline-definition --kwargs '{..., "sagemaker_debugger": false}'``
+    writes, and the store its code went to (``--store``)."""
+    from pipelines.get_pipeline_definition import main
+    from pipelines.local.object_store import ObjectStore
+
+    home = tmp_path_factory.mktemp("no-debugger")
+    out = home / "definition.json"
+    previous = os.environ.get("IMGPIPE_HOME")
+    os.environ["IMGPIPE_HOME"] = str(home / ".imgpipe")
+    try:
+        code = main(["--kwargs", json.dumps({**KWARGS, "sagemaker_debugger": False}), "-f", str(out), "--store"])
+    finally:
+        os.environ.pop("IMGPIPE_HOME") if previous is None else os.environ.update(IMGPIPE_HOME=previous)
+    assert code == 0
+    return {"definition": json.loads(out.read_text()), "store": ObjectStore(home / ".imgpipe" / "s3")}
 
 
 @pytest.fixture(scope="module")
@@ -220,10 +242,14 @@ def test_exactly_the_steps_with_their_types(definition):
     steps = all_steps(definition)
     assert {name: step["Type"] for name, step in steps.items()} == EXPECTED_TYPES
     assert [s["Name"] for s in definition["Steps"]] == [
-        "CheckParameters", "PrepareData", "TuneHyperparameters", "TrainBestModel", "EvaluateModel", "CheckAccuracy"
+        "CheckParameters", "PrepareData", "TuneHyperparameters", "TrainBestModel", "AnalyzeTraining", "EvaluateModel",
+        "CheckTraining",
     ]
     assert [s["Name"] for s in steps["CheckParameters"]["Arguments"]["ElseSteps"]] == ["InvalidParameters"]
     assert steps["PrepareData"]["DependsOn"] == ["CheckParameters"]  # no job before the guard
+    gate = steps["CheckTraining"]["Arguments"]
+    assert [s["Name"] for s in gate["IfSteps"]] == ["CheckAccuracy"]
+    assert [s["Name"] for s in gate["ElseSteps"]] == ["TrainingIssuesFound"]
     check = steps["CheckAccuracy"]["Arguments"]
     assert [s["Name"] for s in check["IfSteps"]] == [
         "RegisterModel-RepackModel-0", "RegisterModel-RegisterModel"
@@ -241,13 +267,14 @@ def test_step_and_parameter_order_is_pinned(definition):
             yield from walk(step["Arguments"].get("ElseSteps", []))
 
     assert list(walk(definition["Steps"])) == [
-        "CheckParameters", "InvalidParameters", "PrepareData", "TuneHyperparameters", "TrainBestModel", "EvaluateModel", "CheckAccuracy",
-        "RegisterModel-RepackModel-0", "RegisterModel-RegisterModel", "AccuracyTooLow",
+        "CheckParameters", "InvalidParameters", "PrepareData", "TuneHyperparameters", "TrainBestModel", "AnalyzeTraining",
+        "EvaluateModel", "CheckTraining", "CheckAccuracy", "RegisterModel-RepackModel-0", "RegisterModel-RegisterModel",
+        "AccuracyTooLow", "TrainingIssuesFound",
     ]
     assert [p["Name"] for p in definition["Parameters"]] == [
         "InputDataUrl", "ProcessingInstanceType", "TrainingInstanceType", "MaxTuningJobs",
         "MaxParallelTuningJobs", "AccuracyThreshold", "ModelApprovalStatus", "Architecture",
-        "ImageSize", "Pretrained", "MinEpochs", "MaxEpochs", "TuningMaxTrainImages",
+        "ImageSize", "Pretrained", "MinEpochs", "MaxEpochs", "TuningMaxTrainImages", "FailOnTrainingIssues",
     ]
 
 
@@ -260,7 +287,10 @@ def test_dependencies_follow_the_data(definition):
     assert refs["PrepareData"] == set()
     assert refs["TuneHyperparameters"] == {"PrepareData"}
     assert refs["TrainBestModel"] == {"PrepareData", "TuneHyperparameters"}
+    assert refs["AnalyzeTraining"] == {"TrainBestModel"}
     assert refs["EvaluateModel"] == {"PrepareData", "TrainBestModel"}
+    assert refs["CheckTraining"] == {"AnalyzeTraining"}
+    assert refs["TrainingIssuesFound"] == {"AnalyzeTraining"}
     assert refs["CheckAccuracy"] == {"EvaluateModel"}
     assert refs["RegisterModel-RepackModel-0"] == {"TrainBestModel"}
     assert refs["RegisterModel-RegisterModel"] == {
@@ -335,9 +365,11 @@ def test_final_training_takes_the_best_trials_hyperparameters(definition):
     assert join_of(hps["image-size"]) == [{"Get": "Parameters.ImageSize"}]
     tuning_static = all_steps(definition)["TuneHyperparameters"]["Arguments"][
         "TrainingJobDefinition"]["StaticHyperParameters"]
-    # The same code for trials and the final job, at a content-addressed location.
-    assert hps["sagemaker_submit_directory"] == tuning_static["sagemaker_submit_directory"]
-    assert "/code/" in hps["sagemaker_submit_directory"]
+    # Content-addressed code; the final job's also holds smdebug's requirements.txt (Debugger on),
+    # so it has its own location (test_with_debugger_... / test_without_debugger_...).
+    assert hps["sagemaker_submit_directory"] != tuning_static["sagemaker_submit_directory"]
+    assert "/ImgpipeBuild/code/" in hps["sagemaker_submit_directory"]
+    assert "/ImgpipeBuild/code/" in tuning_static["sagemaker_submit_directory"]
     checkpoint = join_of(args["CheckpointConfig"]["S3Uri"])
     assert {"Get": "Steps.TuneHyperparameters.BestTrainingJob.TrainingJobName"} in checkpoint
 
@@ -355,6 +387,111 @@ def test_profiler_and_all_debugger_rules(definition):
     collections = [c["CollectionName"] for c in args["DebugHookConfig"]["CollectionConfigurations"]]
     assert {"losses", "weights", "gradients"} <= set(collections)
     assert len(collections) == len(set(collections)), collections  # one config per collection
+    # smdebug writes TensorBoard summaries next to train.py's recording: scalars only
+    for config in args["DebugHookConfig"]["CollectionConfigurations"]:
+        assert config["CollectionParameters"]["save_histogram"] == "false", config
+
+
+def test_analyze_training_reads_the_final_trainings_tensorboard_output(definition):
+    from imgclf.insights import rule_arguments
+
+    steps = all_steps(definition)
+    tensorboard = steps["TrainBestModel"]["Arguments"]["TensorBoardOutputConfig"]
+    assert tensorboard == {"S3OutputPath": "s3://imgpipe-test/imgpipe/tensorboard", "LocalPath": "/opt/ml/output/tensorboard"}
+    analyze = steps["AnalyzeTraining"]
+    assert analyze["PropertyFiles"] == [
+        {"PropertyFileName": "TrainingInsights", "OutputName": "insights", "FilePath": "training_insights.json"}
+    ]
+    args = analyze["Arguments"]
+    inputs = {i["S3Input"]["LocalPath"]: i["S3Input"]["S3Uri"] for i in args["ProcessingInputs"]}
+    # where SageMaker (and the local engine) upload a job's TensorBoard output
+    assert join_of(inputs["/opt/ml/processing/input/tensorboard"]) == [
+        tensorboard["S3OutputPath"], {"Get": "Steps.TrainBestModel.TrainingJobName"}, "tensorboard-output"]
+    assert [o["S3Output"]["LocalPath"] for o in args["ProcessingOutputConfig"]["Outputs"]] == ["/opt/ml/processing/insights"]
+    container_args = args["AppSpecification"]["ContainerArguments"]
+    assert container_args[:4] == ["--tensorboard-dir", "/opt/ml/processing/input/tensorboard",
+                                  "--output-dir", "/opt/ml/processing/insights"]
+    assert container_args[4:] == rule_arguments() and "--param" in container_args  # the rule parameters
+
+
+def test_fail_on_training_issues_gates_registration(definition):
+    steps = all_steps(definition)
+    (condition,) = steps["CheckTraining"]["Arguments"]["Conditions"]
+    assert condition["Type"] == "Or"
+    issues = {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.AnalyzeTraining.PropertyFiles.TrainingInsights"},
+                              "Path": "issues_found"}}
+    assert condition["Conditions"] == [
+        {"Type": "Equals", "LeftValue": {"Get": "Parameters.FailOnTrainingIssues"}, "RightValue": "false"},
+        {"Type": "Equals", "LeftValue": issues, "RightValue": 0},
+    ]
+    message = join_of(steps["TrainingIssuesFound"]["Arguments"]["ErrorMessage"])
+    assert {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.AnalyzeTraining.PropertyFiles.TrainingInsights"},
+                            "Path": "issue_summary"}} in message
+    parameter = next(p for p in definition["Parameters"] if p["Name"] == "FailOnTrainingIssues")
+    assert parameter["EnumValues"] == ["true", "false"]
+
+
+def debugger_and_profiler_keys(node, path="") -> list[str]:
+    """Every key (with its path) that configures SageMaker Debugger or Profiler."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if any(word in key for word in ("Debug", "Profiler")):
+                found.append(f"{path}/{key}")
+            found += debugger_and_profiler_keys(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += debugger_and_profiler_keys(value, f"{path}[{i}]")
+    return found
+
+
+def code_tarball_names(store, step: dict) -> list[str]:
+    hps = (step["Arguments"].get("TrainingJobDefinition") or step["Arguments"])
+    hps = hps.get("StaticHyperParameters") or hps["HyperParameters"]
+    with tarfile.open(store.path(json.loads(hps["sagemaker_submit_directory"]))) as tar:
+        return tar.getnames()
+
+
+def test_with_debugger_the_final_training_installs_smdebug(built):
+    steps = all_steps(built["definition"])
+    names = code_tarball_names(built["store"], steps["TrainBestModel"])
+    assert "requirements.txt" in names  # at the root: SageMaker's training toolkit pip-installs it
+    with tarfile.open(built["store"].path(json.loads(
+            steps["TrainBestModel"]["Arguments"]["HyperParameters"]["sagemaker_submit_directory"]))) as tar:
+        requirements = tar.extractfile("requirements.txt").read().decode()
+    pins = [line.strip() for line in requirements.splitlines() if line.strip() and not line.startswith("#")]
+    assert pins == ["smdebug==1.0.34", "numpy<2"]
+    # the tuning trials have no Debugger hook: they do not install it
+    assert "requirements.txt" not in code_tarball_names(built["store"], steps["TuneHyperparameters"])
+
+
+def test_without_debugger_no_step_configures_debugger_or_profiler(built_without_debugger, definition):
+    built = built_without_debugger["definition"]
+    steps = all_steps(built)
+    assert {name: step["Type"] for name, step in steps.items()} == EXPECTED_TYPES  # AnalyzeTraining too
+    assert debugger_and_profiler_keys(built["Steps"]) == []
+    assert steps["TrainBestModel"]["Arguments"]["TensorBoardOutputConfig"] == \
+        all_steps(definition)["TrainBestModel"]["Arguments"]["TensorBoardOutputConfig"]
+    assert steps["AnalyzeTraining"]["Arguments"] == all_steps(definition)["AnalyzeTraining"]["Arguments"]
+    names = code_tarball_names(built_without_debugger["store"], steps["TrainBestModel"])
+    assert "train.py" in names and "requirements.txt" not in names
+    # without it, trials and the final job share one code location again
+    assert steps["TrainBestModel"]["Arguments"]["HyperParameters"]["sagemaker_submit_directory"] == \
+        steps["TuneHyperparameters"]["Arguments"]["TrainingJobDefinition"]["StaticHyperParameters"]["sagemaker_submit_directory"]
+    # the default build has them: the SDK's own repack job included
+    default_keys = debugger_and_profiler_keys(definition["Steps"])
+    assert any("DebugRuleConfigurations" in k for k in default_keys)
+    assert any("ProfilerConfig" in k for k in default_keys)
+
+
+def test_sagemaker_debugger_accepts_a_buildspec_string():
+    from pipelines.pipeline import parse_flag
+
+    assert parse_flag("false", "sagemaker_debugger") is False
+    assert parse_flag(" True ", "sagemaker_debugger") is True
+    assert parse_flag(False, "sagemaker_debugger") is False
+    with pytest.raises(ValueError, match="sagemaker_debugger: expected true or false, got 'maybe'"):
+        parse_flag("maybe", "sagemaker_debugger")
 
 
 def test_evaluation_property_file_and_condition(definition):
@@ -450,6 +587,7 @@ def test_parameters_and_defaults(definition):
         "MinEpochs": ("Integer", 2),
         "MaxEpochs": ("Integer", 5),
         "TuningMaxTrainImages": ("Integer", 1500),
+        "FailOnTrainingIssues": ("String", "false"),
     }
     used = json.dumps(definition["Steps"])
     for name in parameters:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 
 from debugger_jobs import BUCKET, REPO, DebugJobs, rule_configs
 from pipelines.local.records import Records, StepRecord
-from pipelines.report import SECTIONS, collect_aws, collect_local, write_report
+from pipelines.report import SECTIONS, collect_aws, collect_local, render_html, write_report
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -84,10 +85,20 @@ def execution(tmp_path_factory):
     """A recorded execution whose steps are real jobs' results."""
     root = tmp_path_factory.mktemp("report")
     jobs = DebugJobs(root, per_class=5)
-    job = jobs.run("pipelines-rep0rt0exec01-TrainBestModel", jobs.request(
+    request = jobs.request(
         {"learning-rate": "0.02", "pretrained": '"true"', "freeze-backbone": '"true"', "epochs": "2"},
-        profiler_ms=300, rules=rule_configs()))
+        profiler_ms=300, rules=rule_configs())
+    # as the pipeline's TrainBestModel: train.py records the training insights there
+    request["TensorBoardOutputConfig"] = {"S3OutputPath": f"s3://{BUCKET}/tensorboard", "LocalPath": "/opt/ml/output/tensorboard"}
+    job = jobs.run("pipelines-rep0rt0exec01-TrainBestModel", request)
     assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    # AnalyzeTraining: steps/analyze_training.py on what the engine uploaded, SageMaker's layout
+    insights_uri = f"s3://{BUCKET}/insights/{EXECUTION}"
+    recorded = jobs.store.path(f"s3://{BUCKET}/tensorboard/{job['TrainingJobName']}/tensorboard-output")
+    done = subprocess.run([sys.executable, str(REPO / "steps" / "analyze_training.py"), "--tensorboard-dir", str(recorded),
+                           "--output-dir", str(jobs.store.path(insights_uri))],
+                          env={**os.environ, "PYTHONPATH": str(REPO / "training")}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
     # EvaluateModel: steps/evaluate.py on the model, as the pipeline's processing job runs it.
     evaluation_uri = f"s3://{BUCKET}/evaluation/{EXECUTION}"
     out = jobs.store.path(evaluation_uri)
@@ -116,6 +127,8 @@ def execution(tmp_path_factory):
                              "ImgpipeBuild", {"Steps": []}, {"MaxTuningJobs": 1}, now - 60)
     steps = [("TuneHyperparameters", "Tuning", tuning),
              ("TrainBestModel", "Training", job),
+             ("AnalyzeTraining", "Processing", {"ProcessingOutputConfig": {"Outputs": [
+                 {"OutputName": "insights", "S3Output": {"S3Uri": insights_uri}}]}}),
              ("EvaluateModel", "Processing", {"ProcessingOutputConfig": {"Outputs": [
                  {"OutputName": "evaluation", "S3Output": {"S3Uri": evaluation_uri}}]}}),
              ("RegisterModel-RegisterModel", "RegisterModel", package)]
@@ -159,6 +172,21 @@ def test_local_report_renders_every_section(execution, tmp_path):
     out = write_report(data, tmp_path / "report.html")
     text = check_page(out, tmp_path, data)
     assert job["TrainingJobName"] in text["training"] and package["ModelPackageArn"] in text["model"]
+    for name, verdict in data.insights["rules"].items():
+        assert name in text["insights"] and verdict["status"] in text["insights"]
+
+
+def test_report_shows_each_training_insight_verdict_with_its_reason(execution):
+    jobs, *_ = execution
+    data = collect_local(EXECUTION, jobs.settings)
+    assert set(data.insights["rules"]) == {"LossNotDecreasing", "VanishingGradient", "Overfit", "Overtraining",
+                                           "PoorWeightInitialization"}
+    html = render_html(data)
+    section = html[html.index('<section id="insights">'):html.index('<section id="debugger">')]
+    for name, verdict in {**data.insights["rules"], **data.insights["profiler"]}.items():
+        assert f"<td>{escape(name)}</td>" in section and escape(verdict["reason"]) in section
+    data.insights = None
+    assert "no training insights in this execution" in render_html(data)
 
 
 def test_report_command(execution, tmp_path):

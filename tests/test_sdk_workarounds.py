@@ -21,7 +21,7 @@ from sagemaker.pytorch import PyTorch  # noqa: E402
 from sagemaker.tuner import ContinuousParameter, HyperparameterTuner  # noqa: E402
 from sagemaker.workflow.fail_step import FailStep  # noqa: E402
 from sagemaker.workflow.pipeline import Pipeline  # noqa: E402
-from sagemaker.workflow.steps import TuningStep  # noqa: E402
+from sagemaker.workflow.steps import TrainingStep, TuningStep  # noqa: E402
 
 from pipelines.pipeline import PipelinePyTorch  # noqa: E402
 from pipelines.sdk_session import get_session  # noqa: E402
@@ -200,3 +200,35 @@ def test_frozen_definition_is_what_upsert_sends(session):
     assert CountingPipeline.compiled == 1
     stored = session.sagemaker_client.describe_pipeline(PipelineName="SdkTestUpsert")
     assert json.loads(stored["PipelineDefinition"]) == json.loads(definition)
+
+
+# ------------------------------------------------------------ a disabled profiler's config
+
+
+def training_step_arguments(session, tmp_path, **extra) -> dict:
+    source = tmp_path / "training"
+    source.mkdir(exist_ok=True)
+    (source / "train.py").write_text("print('trained')\n")
+    step = TrainingStep(name="Train", step_args=estimator(PyTorch, session, source, **extra).fit(
+        inputs={"train": f"s3://{BUCKET}/train"}))
+    with sdk_workarounds.cached_config_validation():
+        definition = Pipeline(name="SdkTest", steps=[step], sagemaker_session=session).definition()
+    return definition, json.loads(definition)["Steps"][0]["Arguments"]
+
+
+def test_plain_sdk_still_sends_a_disabled_profiler_config(session, tmp_path):
+    # No estimator argument leaves ProfilerConfig out: disable_profiler sends one that disables it.
+    _, arguments = training_step_arguments(session, tmp_path, disable_profiler=True, debugger_hook_config=False)
+    assert arguments["ProfilerConfig"] == {"DisableProfiler": True}
+    assert "DebugHookConfig" not in arguments
+
+
+def test_without_disabled_profiler_drops_only_disabled_configs(session, tmp_path):
+    definition, _ = training_step_arguments(session, tmp_path, disable_profiler=True, debugger_hook_config=False)
+    assert "ProfilerConfig" not in json.loads(sdk_workarounds.without_disabled_profiler(definition))["Steps"][0]["Arguments"]
+    enabled = {"Type": "Training", "Name": "On", "Arguments": {"ProfilerConfig": {"DisableProfiler": False}}}
+    nested = {"Type": "Training", "Name": "Off", "Arguments": {"ProfilerConfig": {"DisableProfiler": True}}}
+    document = {"Steps": [enabled, {"Type": "Condition", "Name": "If", "Arguments": {"IfSteps": [nested], "ElseSteps": []}}]}
+    stripped = json.loads(sdk_workarounds.without_disabled_profiler(json.dumps(document)))
+    assert stripped["Steps"][0] == enabled
+    assert stripped["Steps"][1]["Arguments"]["IfSteps"][0]["Arguments"] == {}

@@ -85,6 +85,7 @@ def test_healthy_fine_tuning_gets_no_issues_from_every_rule(healthy):
     assert set(insights["rules"]) == set(RULES)
     assert statuses(insights) == dict.fromkeys(RULES, "NoIssuesFound"), verdict_lines(insights)
     assert insights["issues_found"] == 0 and insights["rules_with_issues"] == []
+    assert insights["issue_summary"] == "none"  # the pipeline's TrainingIssuesFound message
     assert "pretrained" in insights["rules"]["PoorWeightInitialization"]["reason"]
     assert insights["steps"] == 30 and insights["epochs"] == 3  # 160 images / 16 a batch x 3 epochs
     for name in ("DataLoaderBottleneck", "StepOutlier", "MaxInitializationTime", "LowGPUUtilization"):
@@ -109,9 +110,12 @@ def test_recording_holds_what_the_rules_read(healthy):
 
 def test_learning_rate_of_10_is_caught_by_loss_not_decreasing(tmp_path, digits):
     tensorboard = run_training(tmp_path / "job", digits, "--pretrained", "true", "--learning-rate", "10")
-    verdict = analyze(tensorboard, tmp_path / "out")["rules"]["LossNotDecreasing"]
+    insights = analyze(tensorboard, tmp_path / "out")
+    verdict = insights["rules"]["LossNotDecreasing"]
     assert verdict["status"] == "IssuesFound", verdict
     assert str(verdict["step"]) in verdict["reason"]
+    # what TrainingIssuesFound says: each rule that found issues, with its reason
+    assert f"LossNotDecreasing ({verdict['reason']})" in insights["issue_summary"].split("; ")
 
 
 def test_gradients_scaled_to_zero_are_caught_by_vanishing_gradient(tmp_path, digits, monkeypatch):

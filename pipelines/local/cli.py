@@ -28,7 +28,9 @@ from pipelines.local.engine import (
     check_definition,
 )
 from pipelines.local.object_store import ObjectStore
-from pipelines.local.progress import Progress, format_duration, format_table, rule_rows, steps_table, summary
+from pipelines.local.progress import (
+    Progress, format_duration, format_table, insight_lines, rule_rows, steps_table, summary,
+)
 from pipelines.local.records import Records
 from pipelines.local.scratch import collect_garbage
 from pipelines.settings import Settings
@@ -238,6 +240,9 @@ def cmd_executions_describe(args: argparse.Namespace) -> int:
     if rules:
         print("\nDebugger / Profiler rules:")
         print(format_table(["STEP", "RULE", "STATUS", "DETAILS"], rules))
+    insights = insight_lines(ExecutionResult.from_record(record), _settings(args))
+    if insights:
+        print("\n" + "\n".join(insights))
     notes = [(s.name, s.failure_reason) for s in record.steps if s.failure_reason and s.status != "NotRun"]
     notes += [(s.name, f"cached: reused {s.cached_from}") for s in record.steps if s.cached_from]
     if notes:

@@ -11,7 +11,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, TextIO
+from typing import Any, Iterable, Iterator, Optional, Sequence, TextIO
+
+from imgclf.insights import verdict_lines
 
 from pipelines.local.engine import ExecutionResult, read_result_property_file
 from pipelines.local.expressions import ExpressionError
@@ -174,9 +176,8 @@ def best_hyperparameters(result: ExecutionResult) -> Optional[dict]:
     return None
 
 
-def test_accuracy(result: ExecutionResult, settings: Settings) -> Optional[tuple[str, float]]:
-    """(where, accuracy) from the first evaluation property file with
-    ``multiclass_classification_metrics.accuracy.value``."""
+def property_files(result: ExecutionResult, settings: Settings) -> Iterator[tuple[str, Any]]:
+    """``(step/PropertyFileName, document)`` of every property file of the steps that succeeded."""
     from pipelines.local.engine import flatten_steps
 
     nodes = flatten_steps(result.definition)
@@ -185,12 +186,39 @@ def test_accuracy(result: ExecutionResult, settings: Settings) -> Optional[tuple
             continue
         for spec in nodes[step.name].spec.get("PropertyFiles") or []:
             try:
-                report = read_result_property_file(result, settings, step.name, spec["PropertyFileName"])
-                value = report["multiclass_classification_metrics"]["accuracy"]["value"]
+                document = read_result_property_file(result, settings, step.name, spec["PropertyFileName"])
             except (ExpressionError, KeyError, TypeError):
                 continue
-            return f"{step.name}/{spec['PropertyFileName']}", float(value)
+            yield f"{step.name}/{spec['PropertyFileName']}", document
+
+
+def test_accuracy(result: ExecutionResult, settings: Settings) -> Optional[tuple[str, float]]:
+    """(where, accuracy) from the first evaluation property file with
+    ``multiclass_classification_metrics.accuracy.value``."""
+    for where, report in property_files(result, settings):
+        try:
+            return where, float(report["multiclass_classification_metrics"]["accuracy"]["value"])
+        except (KeyError, TypeError, ValueError):
+            continue
     return None
+
+
+def training_insights(result: ExecutionResult, settings: Settings) -> Optional[tuple[str, dict]]:
+    """(where, document) of the first ``training_insights.json`` property file (AnalyzeTraining)."""
+    for where, document in property_files(result, settings):
+        if isinstance(document, dict) and isinstance(document.get("rules"), dict) and "issues_found" in document:
+            return where, document
+    return None
+
+
+def insight_lines(result: ExecutionResult, settings: Settings) -> list[str]:
+    """The training-insight verdicts, one line each under a heading; none without AnalyzeTraining."""
+    found = training_insights(result, settings)
+    if found is None:
+        return []
+    where, document = found
+    heading = f"Training insights ({where}): {document.get('issues_found', '?')} rule(s) with issues"
+    return [heading] + [f"  {line}" for line in verdict_lines(document)]
 
 
 def registered_model(result: ExecutionResult) -> Optional[dict]:
@@ -249,6 +277,7 @@ def summary(result: ExecutionResult, settings: Settings) -> str:
         lines.append("Best hyperparameters: " + ", ".join(f"{k}={v}" for k, v in sorted(best.items())))
     for step_name, rule, status, _ in rule_rows(result.steps):
         lines.append(f"Rule {rule} ({step_name}): {status}")
+    lines.extend(insight_lines(result, settings))
     accuracy = test_accuracy(result, settings)
     if accuracy:
         lines.append(f"Test accuracy: {accuracy[1]:.4f} ({accuracy[0]})")

@@ -141,6 +141,8 @@ def _prepare_training(request: dict, job_name: str, ctx: JobContext, layout: _Tr
         (job_dir / sub).mkdir(parents=True, exist_ok=True)
     layout.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     _fetch_code(ctx.store, str(sm_hps["sagemaker_submit_directory"]), job_dir / "code")
+    if (job_dir / "code" / "requirements.txt").is_file():  # SageMaker's toolkit would pip-install it
+        log_note(layout.log_path, "requirements.txt found: not installing it locally (offline); using the engine's Python environment")
     input_config = {}
     for channel in request.get("InputDataConfig") or []:
         name = channel["ChannelName"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.report.data import ReportData, gather, read_evaluation, read_history, read_profiler, read_tensors, trial_rows
+from pipelines.report.data import ReportData, gather, is_final_training, read_evaluation, read_history, read_insights, read_profiler, read_tensors, trial_rows
 
 
 def _s3_split(uri: str) -> tuple[str, str]:
@@ -63,7 +63,7 @@ def collect_aws(execution_arn: str, sagemaker: Any, s3: Any, workdir: Path) -> R
             gather(data, "tuning trials", _aws_trials, data, sagemaker, name)
         elif "TrainingJob" in meta and data.training_job is None:
             described_job = sagemaker.describe_training_job(TrainingJobName=meta["TrainingJob"]["Arn"].rsplit("/", 1)[-1])
-            if described_job.get("DebugHookConfig"):
+            if is_final_training(described_job):
                 _aws_training(data, described_job, s3, workdir)
         elif "ProcessingJob" in meta:
             job = sagemaker.describe_processing_job(ProcessingJobName=meta["ProcessingJob"]["Arn"].rsplit("/", 1)[-1])
@@ -72,6 +72,10 @@ def collect_aws(execution_arn: str, sagemaker: Any, s3: Any, workdir: Path) -> R
                     folder = workdir / "evaluation"
                     gather(data, "evaluation", lambda o=output: (download_prefix(s3, o["S3Output"]["S3Uri"], folder),
                                                                    read_evaluation(data, folder)))
+                elif output.get("OutputName") == "insights":
+                    folder = workdir / "insights"
+                    gather(data, "training insights", lambda o=output: (download_prefix(s3, o["S3Output"]["S3Uri"], folder),
+                                                                          read_insights(data, folder)))
         elif "RegisterModel" in meta:
             package = sagemaker.describe_model_package(ModelPackageName=meta["RegisterModel"]["Arn"])
             data.model = {k: package.get(k) for k in ("ModelPackageGroupName", "ModelPackageVersion",
@@ -108,6 +112,8 @@ def _aws_training(data: ReportData, job: dict, s3: Any, workdir: Path) -> None:
         gather(data, "training history", history)
 
     def tensors() -> None:
+        if not job.get("DebugHookConfig"):
+            return  # built without SageMaker Debugger: AnalyzeTraining's insights instead
         folder = workdir / "debug-output"
         if not download_prefix(s3, f"{job['DebugHookConfig']['S3OutputPath'].rstrip('/')}/{name}/debug-output", folder):
             raise FileNotFoundError("no Debugger output in S3 for this job")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.report.data import ReportData, gather, read_evaluation, read_history, read_profiler, read_tensors, trial_rows
+from pipelines.report.data import ReportData, gather, is_final_training, read_evaluation, read_history, read_insights, read_profiler, read_tensors, trial_rows
 
 
 def collect_local(execution: str, settings: Any) -> ReportData:
@@ -26,12 +26,14 @@ def collect_local(execution: str, settings: Any) -> ReportData:
             data.trials = trial_rows(props["TrainingJobSummaries"])
             objective = (props.get("HyperParameterTuningJobConfig") or {}).get("HyperParameterTuningJobObjective") or {}
             data.objective = objective.get("MetricName")
-        elif step.type == "Training" and props.get("DebugHookConfig") and data.training_job is None:
+        elif step.type == "Training" and is_final_training(props) and data.training_job is None:
             _local_training(data, props, store)
         elif step.type == "Processing":
             for output in (props.get("ProcessingOutputConfig") or {}).get("Outputs") or []:
                 if output.get("OutputName") == "evaluation":
                     gather(data, "evaluation", read_evaluation, data, store.path(output["S3Output"]["S3Uri"]))
+                elif output.get("OutputName") == "insights":
+                    gather(data, "training insights", read_insights, data, store.path(output["S3Output"]["S3Uri"]))
         elif props.get("ModelPackageArn"):
             data.model = _local_model(props, settings, store)
     return data
@@ -47,8 +49,9 @@ def _local_training(data: ReportData, props: dict, store: Any) -> None:
     if model_uri:
         tar = store.path(model_uri.rsplit("/", 1)[0] + "/output.tar.gz")
         gather(data, "training history", lambda: data.history.extend(read_history(tar)))
-    debug = f"{props['DebugHookConfig']['S3OutputPath'].rstrip('/')}/{job}/debug-output"
-    gather(data, "Debugger tensors", read_tensors, data, store.path(debug))
+    if props.get("DebugHookConfig"):
+        debug = f"{props['DebugHookConfig']['S3OutputPath'].rstrip('/')}/{job}/debug-output"
+        gather(data, "Debugger tensors", read_tensors, data, store.path(debug))
     profiler = props.get("ProfilerConfig") or {}
     if profiler.get("S3OutputPath") and not profiler.get("DisableProfiler"):
         gather(data, "Profiler output", read_profiler, data,

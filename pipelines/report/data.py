@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-SECTIONS = ("summary", "tuning", "training", "debugger", "system", "evaluation", "model")
+SECTIONS = ("summary", "tuning", "training", "insights", "debugger", "system", "evaluation", "model")
 
 
 @dataclass
@@ -27,6 +27,7 @@ class ReportData:
     gradients: list[tuple[int, float, float]] = field(default_factory=list)  # (step, L2 norm, min mean |g|)
     system_events: list[dict] = field(default_factory=list)
     evaluation: Optional[dict] = None
+    insights: Optional[dict] = None  # AnalyzeTraining's training_insights.json
     confusion_png: Optional[bytes] = None
     model: Optional[dict] = None
     notes: list[str] = field(default_factory=list)
@@ -92,3 +93,14 @@ def read_evaluation(data: ReportData, folder: Path) -> None:
     data.evaluation = json.loads((folder / "evaluation.json").read_text())
     png = folder / "confusion_matrix.png"
     data.confusion_png = png.read_bytes() if png.is_file() else None
+
+
+def read_insights(data: ReportData, folder: Path) -> None:
+    """AnalyzeTraining's ``training_insights.json`` from its ``insights`` output folder."""
+    data.insights = json.loads((folder / "training_insights.json").read_text())
+
+
+def is_final_training(job: dict) -> bool:
+    """Whether a training job (Describe/step properties) is the model's training, not the repack:
+    it has SageMaker Debugger's hook or records training insights (TensorBoard output)."""
+    return bool(job.get("DebugHookConfig") or job.get("TensorBoardOutputConfig"))

@@ -100,6 +100,17 @@ def _debugger(data: ReportData) -> list[str]:
             _img(plot_gradients(data.gradients), "gradient norms", "no gradient tensors saved")]
 
 
+def _insights(data: ReportData) -> list[str]:
+    """AnalyzeTraining's verdicts: each rule and profiler finding in one line with its values."""
+    if not data.insights:
+        return ['<p class="note">no training insights in this execution (no AnalyzeTraining step ran)</p>']
+    rows = [[name, verdict.get("status"), verdict.get("step"), verdict.get("reason")]
+            for section in ("rules", "profiler") for name, verdict in (data.insights.get(section) or {}).items()]
+    issues = data.insights.get("issues_found", 0)
+    return [f"<p>{_e(issues)} rule(s) with issues over {_e(data.insights.get('steps'))} recorded steps, "
+            f"{_e(data.insights.get('epochs'))} epochs.</p>", _table(["rule", "status", "step", "verdict"], rows, [1])]
+
+
 def _system(data: ReportData) -> list[str]:
     parts = []
     if data.profiler_rules:
@@ -136,7 +147,8 @@ _SECTION_BUILDERS = (
     ("summary", "Run summary", _summary),
     ("tuning", "Hyperparameter tuning", _tuning),
     ("training", None, _training),
-    ("debugger", "Debugger rules", _debugger),
+    ("insights", "Training insights (AnalyzeTraining)", _insights),
+    ("debugger", "SageMaker Debugger rules", _debugger),
     ("system", "System utilisation (Profiler)", _system),
     ("evaluation", "Test evaluation", _evaluation),
     ("model", "Registered model", _model),
