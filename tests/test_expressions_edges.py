@@ -1,0 +1,93 @@
+"""Edges of the expression evaluator where a plausible wrong answer would pass unnoticed:
+``Std:JsonGet`` reference validation, list index bounds, comparisons of numbers with text."""
+from __future__ import annotations
+
+import pytest
+
+from pipelines.local.expressions import Context, ExpressionError, evaluate_condition, resolve, walk
+
+REPORT = {"metrics": {"accuracy": 0.9}, "classes": ["a", "b", "c"]}
+URI = "s3://b/exec/Evaluate/evaluation/evaluation.json"
+
+
+@pytest.fixture()
+def ctx() -> Context:
+    evaluate = {"ProcessingOutputConfig": {"Outputs": [
+        {"OutputName": "evaluation", "S3Output": {"S3Uri": "s3://b/exec/Evaluate/evaluation"}}]}}
+    return Context(
+        parameters={"Report": "EvaluationReport"},
+        steps={"Evaluate": evaluate},
+        property_files={"Evaluate": [{"PropertyFileName": "EvaluationReport", "OutputName": "evaluation",
+                                       "FilePath": "evaluation.json"}]},
+        read_json=lambda uri: REPORT if uri == URI else (_ for _ in ()).throw(FileNotFoundError(uri)),
+    )
+
+
+def json_get(reference: str, path: str = "metrics.accuracy") -> dict:
+    return {"Std:JsonGet": {"PropertyFile": {"Get": reference}, "Path": path}}
+
+
+def test_json_get_reads_a_property_file(ctx):
+    assert resolve(json_get("Steps.Evaluate.PropertyFiles.EvaluationReport"), ctx) == 0.9
+
+
+@pytest.mark.parametrize("reference", [
+    "Steps.Evaluate.Outputs.EvaluationReport",          # right length, wrong third part
+    "Parameters.Evaluate.PropertyFiles.EvaluationReport",  # not a step
+    "Steps.Evaluate.PropertyFiles.EvaluationReport.metrics",  # too long
+    "Steps.Evaluate.PropertyFiles",                     # too short
+])
+def test_json_get_refuses_a_reference_that_is_not_a_property_file(ctx, reference):
+    with pytest.raises(ExpressionError, match=r"is not Steps\.<step>\.PropertyFiles\.<name>"):
+        resolve(json_get(reference), ctx, "Args")
+
+
+def test_json_get_property_file_must_be_a_get(ctx):
+    expr = {"Std:JsonGet": {"PropertyFile": "Steps.Evaluate.PropertyFiles.EvaluationReport", "Path": "a"}}
+    with pytest.raises(ExpressionError, match="PropertyFile must be a Get"):
+        resolve(expr, ctx)
+
+
+@pytest.mark.parametrize("index,expected", [(0, "a"), (2, "c"), (-1, "c"), (-3, "a")])
+def test_list_indices_inside_the_bounds(index, expected):
+    assert walk(REPORT, ["classes", index], "report") == expected
+
+
+@pytest.mark.parametrize("index", [3, 4, -4])
+def test_list_indices_outside_the_bounds_name_the_index(index):
+    with pytest.raises(ExpressionError, match=rf"report\.classes\[{index}\]: index out of range \(3\)"):
+        walk(REPORT, ["classes", index], "report")
+
+
+def test_an_index_on_a_dict_is_refused():
+    with pytest.raises(ExpressionError, match=r"index out of range \(not a list\)"):
+        walk(REPORT, ["metrics", 0], "report")
+
+
+@pytest.mark.parametrize("kind", ["GreaterThan", "GreaterThanOrEqualTo", "LessThan", "LessThanOrEqualTo"])
+@pytest.mark.parametrize("left,right", [(0.9, "high"), ("high", 0.9), (True, 0.5), (None, 1)])
+def test_a_number_is_never_compared_with_text_silently(kind, left, right):
+    with pytest.raises(ExpressionError, match=f"{kind}: cannot compare"):
+        evaluate_condition({"Type": kind, "LeftValue": left, "RightValue": right}, Context())
+
+
+@pytest.mark.parametrize("left,right,expected", [
+    ("1.0", "1", False),   # two strings compare as text, as SageMaker does
+    ("1", "1", True),
+    (1.0, "1", True),      # a number against a numeric string compares as numbers
+    (1, 1.0, True),
+    (0, False, False),     # a boolean is not the number 0
+    (True, 1, False),
+    (False, "false", True),
+    ("abc", 0, False),
+])
+def test_equals(left, right, expected):
+    assert evaluate_condition({"Type": "Equals", "LeftValue": left, "RightValue": right}, Context()) is expected
+
+
+@pytest.mark.parametrize("kind,left,right,expected", [
+    ("GreaterThan", "b", "a", True), ("LessThan", "10", "9", False),  # numeric strings: numbers
+    ("LessThan", "apple", "banana", True), ("GreaterThanOrEqualTo", "a", "a", True),
+])
+def test_two_strings_compare_as_numbers_when_both_are_numbers_else_as_text(kind, left, right, expected):
+    assert evaluate_condition({"Type": kind, "LeftValue": left, "RightValue": right}, Context()) is expected
