@@ -35,7 +35,12 @@ setup(
     packages=["pipelines", "pipelines.local", "imgclf"],
     package_dir={"imgclf": "training/imgclf"},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8", "moto[server]>=5,<6"]},
+    extras_require={"test": [
+        "pytest>=8",
+        "moto[server]>=5,<6",
+        "hypothesis==6.170.15",  # property-based tests (tests/test_properties_*.py)
+        "cosmic-ray==8.7.0",  # mutation testing: make mutation (docs/testing.md)
+    ]},
     entry_points={
         "console_scripts": [
             "imgpipe=pipelines.cli:main",
