@@ -41,21 +41,28 @@ def test_retry_backoff_grows_per_attempt_and_attempts_are_capped():
 
 
 # --------------------------------------------------------------------------- registry
-def test_a_bare_version_in_several_groups_is_an_error(tmp_path):
+METRICS_URI = "s3://imgpipe-local/evaluation.json"
+
+
+@pytest.fixture()
+def registry(tmp_path) -> LocalModelRegistry:
     settings = Settings(home=tmp_path / "home")
     store = ObjectStore(settings.s3_root)
-    uri = "s3://imgpipe-local/evaluation.json"
-    store.put_bytes(uri, json.dumps({"multiclass_classification_metrics": {"accuracy": {"value": 0.9}}}).encode())
-    registry = LocalModelRegistry(settings, store)
+    store.put_bytes(METRICS_URI, json.dumps({"multiclass_classification_metrics": {"accuracy": {"value": 0.9}}}).encode())
+    return LocalModelRegistry(settings, store)
 
-    def register(group: str) -> dict:
-        return registry.register({
-            "ModelPackageGroupName": group, "ModelApprovalStatus": "PendingManualApproval",
-            "ModelMetrics": {"ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": uri}}},
-            "InferenceSpecification": {"Containers": [{"Image": "img", "ModelDataUrl": f"s3://imgpipe-local/{group}.tar.gz"}]},
-        })
 
-    digits, scenes = register("digits"), register("scenes")
+def register(registry: LocalModelRegistry, group: str, metrics_uri: str = METRICS_URI, containers: int = 1) -> dict:
+    return registry.register({
+        "ModelPackageGroupName": group, "ModelApprovalStatus": "PendingManualApproval",
+        "ModelMetrics": {"ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": metrics_uri}}},
+        "InferenceSpecification": {"Containers": [
+            {"Image": "img", "ModelDataUrl": f"s3://imgpipe-local/{group}-{i}.tar.gz"} for i in range(containers)]},
+    })
+
+
+def test_a_bare_version_in_several_groups_is_an_error(registry):
+    digits, scenes = register(registry, "digits"), register(registry, "scenes")
     with pytest.raises(RegistryError, match="version '1' exists in several groups"):
         registry.describe("1")
     assert registry.describe("1", group="scenes")["ModelPackageArn"] == scenes["ModelPackageArn"]
@@ -63,6 +70,25 @@ def test_a_bare_version_in_several_groups_is_an_error(tmp_path):
     with pytest.raises(RegistryError, match="several groups"):
         registry.update_approval("1", "Approved")
     assert registry.latest_approved("digits") is None and registry.latest_approved("scenes") is None
+
+
+def test_a_missing_version_names_the_group_only_when_given(registry):
+    register(registry, "digits")
+    with pytest.raises(RegistryError) as bare:
+        registry.describe("7")
+    assert str(bare.value) == "no model package '7'"
+    with pytest.raises(RegistryError, match="no model package '7' in group 'digits'"):
+        registry.describe("7", group="digits")
+
+
+def test_model_data_is_the_first_containers_and_metrics_must_be_json(registry):
+    assert register(registry, "digits", containers=2)["ModelDataUrl"] == "s3://imgpipe-local/digits-0.tar.gz"
+    registry.store.put_bytes("s3://imgpipe-local/bad.json", b"{not json")
+    with pytest.raises(RegistryError, match="bad.json are not JSON"):
+        register(registry, "digits", metrics_uri="s3://imgpipe-local/bad.json")
+    with pytest.raises(RegistryError, match="gone.json do not exist"):
+        register(registry, "digits", metrics_uri="s3://imgpipe-local/gone.json")
+    assert [p["ModelPackageVersion"] for p in registry.list_packages("digits")] == [1]  # nothing half-written
 
 
 # --------------------------------------------------------------------------- preprocess
