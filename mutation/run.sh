@@ -8,6 +8,8 @@
 # checkout, and each mutant runs only the test files that cover that module (the table below),
 # stopping at the first failure. Results: .mutation/<module>.sqlite (resumable: a re-run
 # continues where it stopped) and .mutation/<module>.txt (survivors listed by cr-report).
+# RECHECK=1 re-runs only a finished session's survivors (after adding tests); when the module's
+# source changes, delete its session instead (mutants are stored by line and column).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -61,6 +63,9 @@ for module in "${modules[@]}"; do
     "$BIN/cosmic-ray" init "$config" "$session"
     "$BIN/cr-filter-operators" "$session" "$config"
     "$BIN/cr-filter-pragma" "$session"
+  fi
+  if [ "${RECHECK:-0}" = 1 ]; then
+    "$PY" -c 'import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); print(c.execute("DELETE FROM work_results WHERE test_outcome = ?", ("SURVIVED",)).rowcount, "survivors to re-run"); c.commit()' "$session"
   fi
   echo "== $module: ${FILE[$module]} against$tests"
   "$BIN/cosmic-ray" --verbosity=WARNING exec "$config" "$session"

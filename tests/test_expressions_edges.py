@@ -33,7 +33,9 @@ def test_json_get_reads_a_property_file(ctx):
 
 @pytest.mark.parametrize("reference", [
     "Steps.Evaluate.Outputs.EvaluationReport",          # right length, wrong third part
+    "Steps.Evaluate.Reports.EvaluationReport",          # (sorting after PropertyFiles)
     "Parameters.Evaluate.PropertyFiles.EvaluationReport",  # not a step
+    "Tasks.Evaluate.PropertyFiles.EvaluationReport",    # (sorting after Steps)
     "Steps.Evaluate.PropertyFiles.EvaluationReport.metrics",  # too long
     "Steps.Evaluate.PropertyFiles",                     # too short
 ])
@@ -91,3 +93,14 @@ def test_equals(left, right, expected):
 ])
 def test_two_strings_compare_as_numbers_when_both_are_numbers_else_as_text(kind, left, right, expected):
     assert evaluate_condition({"Type": kind, "LeftValue": left, "RightValue": right}, Context()) is expected
+
+
+def test_json_get_of_a_missing_object_names_it(ctx):
+    with pytest.raises(ExpressionError, match="cannot read JSON s3://b/missing.json"):
+        resolve({"Std:JsonGet": {"S3Uri": "s3://b/missing.json", "Path": "a"}}, ctx)
+
+
+@pytest.mark.parametrize("root", ["Tasks", "Outputs", "steps", "Zeta"])
+def test_an_unknown_get_root_is_named(ctx, root):
+    with pytest.raises(ExpressionError, match=f"unknown Get root '{root}'"):
+        resolve({"Get": f"{root}.Evaluate.x"}, ctx)
