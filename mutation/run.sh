@@ -71,6 +71,6 @@ for module in "${modules[@]}"; do
   "$BIN/cosmic-ray" --verbosity=WARNING exec "$config" "$session"
   "$BIN/cr-report" --show-diff --surviving-only "$session" > "$WORK/$module.txt" || true
   tail -n 4 "$WORK/$module.txt"
-  echo "$module: $("$BIN/cr-rate" "$session")% survived"
+  "$PY" "$HERE/score.py" "$session"
   cd "$REPO"
 done

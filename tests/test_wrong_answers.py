@@ -46,10 +46,12 @@ METRICS_URI = "s3://imgpipe-local/evaluation.json"
 
 @pytest.fixture()
 def registry(tmp_path) -> LocalModelRegistry:
-    settings = Settings(home=tmp_path / "home")
-    store = ObjectStore(settings.s3_root)
-    store.put_bytes(METRICS_URI, json.dumps({"multiclass_classification_metrics": {"accuracy": {"value": 0.9}}}).encode())
-    return LocalModelRegistry(settings, store)
+    """A registry on a home folder that does not exist yet, reading the settings' own store."""
+    settings = Settings(home=tmp_path / "not" / "yet" / "home")
+    registry = LocalModelRegistry(settings)
+    ObjectStore(settings.s3_root).put_bytes(
+        METRICS_URI, json.dumps({"multiclass_classification_metrics": {"accuracy": {"value": 0.9}}}).encode())
+    return registry
 
 
 def register(registry: LocalModelRegistry, group: str, metrics_uri: str = METRICS_URI, containers: int = 1) -> dict:
@@ -72,8 +74,12 @@ def test_a_bare_version_in_several_groups_is_an_error(registry):
     assert registry.latest_approved("digits") is None and registry.latest_approved("scenes") is None
 
 
-def test_a_missing_version_names_the_group_only_when_given(registry):
-    register(registry, "digits")
+def test_missing_and_malformed_versions_are_named(registry):
+    assert register(registry, "digits")["EvaluationMetrics"]["multiclass_classification_metrics"]["accuracy"]["value"] == 0.9
+    with pytest.raises(RegistryError, match="not a model package version or ARN: 'latest'"):
+        registry.describe("latest")
+    with pytest.raises(RegistryError, match="not a model package version or ARN: 'digits/x'"):
+        registry.describe("digits/x")
     with pytest.raises(RegistryError) as bare:
         registry.describe("7")
     assert str(bare.value) == "no model package '7'"
