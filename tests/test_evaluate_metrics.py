@@ -180,3 +180,19 @@ def test_test_classes_unknown_to_the_model_are_refused(tmp_path, monkeypatch):
     write_solid(tmp_path / "test" / "owl" / "0.png", 20)
     with pytest.raises(ValueError, match="test classes unknown to the model: owl"):
         evaluate.evaluate(tmp_path / "model", tmp_path / "test", tmp_path / "out", workers=1)
+
+
+def test_the_model_is_found_in_a_directory_or_its_model_tar_gz(tmp_path):
+    from imgclf.artifact import create_archive
+
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    (unpacked / "model.json").write_text("{}")
+    assert evaluate.locate_model(unpacked, tmp_path / "scratch-1") == unpacked
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    create_archive(unpacked, packed / "model.tar.gz")
+    found = evaluate.locate_model(packed, tmp_path / "scratch-2")
+    assert found == tmp_path / "scratch-2" and (found / "model.json").read_text() == "{}"
+    with pytest.raises(FileNotFoundError, match="holds neither model.json nor a model.tar.gz"):
+        evaluate.locate_model(tmp_path / "scratch-1", tmp_path / "scratch-3")
