@@ -104,3 +104,16 @@ def test_json_get_of_a_missing_object_names_it(ctx):
 def test_an_unknown_get_root_is_named(ctx, root):
     with pytest.raises(ExpressionError, match=f"unknown Get root '{root}'"):
         resolve({"Get": f"{root}.Evaluate.x"}, ctx)
+
+
+def test_get_of_a_property_file_gives_the_document_or_names_the_missing_key(ctx):
+    assert resolve({"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"}, ctx) == REPORT
+    assert resolve({"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport.classes[1]"}, ctx) == "b"
+    with pytest.raises(ExpressionError, match=r"Steps\.Evaluate\.PropertyFiles\.EvaluationReport\.metrics: no 'recall'"):
+        resolve({"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport.metrics.recall"}, ctx)
+
+
+@pytest.mark.parametrize("arg", ["a,b", {"On": ",", "Values": "abc"}, {"On": ","}, ["a", "b"]])
+def test_join_needs_a_values_list(arg):
+    with pytest.raises(ExpressionError, match="Std:Join needs On and a Values list"):
+        resolve({"Std:Join": arg}, Context())

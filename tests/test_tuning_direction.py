@@ -144,3 +144,12 @@ def test_summaries_sort_best_first_in_either_direction():
                  for n, v in (("b", 2.0), ("a", 1.0), ("c", 3.0))] + [{"TrainingJobName": "failed"}]
     assert [s["TrainingJobName"] for s in tuning._sort_best_first(summaries, maximize=False)] == ["a", "b", "c", "failed"]
     assert [s["TrainingJobName"] for s in tuning._sort_best_first(summaries, maximize=True)] == ["c", "b", "a", "failed"]
+
+
+def test_reverse_logarithmic_values_are_one_minus_the_sample():
+    [momentum] = tuning.parse_ranges({"ContinuousParameterRanges": [
+        {"Name": "momentum", "MinValue": "0.5", "MaxValue": "0.999", "ScalingType": "ReverseLogarithmic"}]})
+    assert momentum.distribution().low == pytest.approx(0.001) and momentum.distribution().high == pytest.approx(0.5)
+    assert float(momentum.request_value(0.01)) == pytest.approx(0.99)
+    assert float(momentum.request_value(0.3)) == pytest.approx(0.7)
+    assert float(momentum.request_value(0.0001)) == 0.999  # clamped into the range
