@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.local.expressions import Context, ExpressionError, evaluate_condition, resolve, walk
+from pipelines.local.expressions import Context, ExpressionError, evaluate_condition, resolve, step_references, walk
 
 REPORT = {"metrics": {"accuracy": 0.9}, "classes": ["a", "b", "c"]}
 URI = "s3://b/exec/Evaluate/evaluation/evaluation.json"
@@ -117,3 +117,13 @@ def test_get_of_a_property_file_gives_the_document_or_names_the_missing_key(ctx)
 def test_join_needs_a_values_list(arg):
     with pytest.raises(ExpressionError, match="Std:Join needs On and a Values list"):
         resolve({"Std:Join": arg}, Context())
+
+
+def test_empty_objects_are_plain_data():
+    assert resolve({}, Context()) == {} and resolve({"a": {}, "b": [{}]}, Context()) == {"a": {}, "b": [{}]}
+
+
+def test_only_a_one_key_get_is_a_step_reference():
+    mixed = {"Get": "Steps.A.Arn", "Other": {"Get": "Steps.B.Arn"}}  # two keys: plain data
+    assert step_references(mixed) == {"B"}
+    assert step_references([{"Get": "Steps.A.Arn"}, {"Std:Join": {"Values": [{"Get": "Steps.C.x"}]}}]) == {"A", "C"}
