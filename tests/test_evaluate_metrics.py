@@ -121,6 +121,8 @@ def test_empty_test_set_reports_zeros():
     report = evaluate.classification_metrics(np.array([], dtype=int), np.zeros((0, 3)), CLASSES[:3])
     mcm = report["multiclass_classification_metrics"]
     assert mcm["accuracy"]["value"] == 0.0 and report["top_3_accuracy"]["value"] == 0.0
+    for name in ("weighted_precision", "weighted_recall", "weighted_f1"):
+        assert mcm[name]["value"] == 0.0, name  # not NaN
     assert report["num_test_images"] == 0
 
 
