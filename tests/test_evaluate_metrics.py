@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -147,7 +148,7 @@ def write_solid(path: Path, red: int) -> None:
     Image.new("RGB", (10, 10), (red, 90, 90)).save(path)
 
 
-def test_test_labels_map_to_the_models_class_indices(tmp_path, monkeypatch):
+def test_test_labels_map_to_the_models_class_indices(tmp_path, monkeypatch, capsys):
     """The test set holds only 'cat' and 'fox' (indices 0 and 1 among its own folders, 2 and 5
     for the model): labels must be the model's indices, or every right answer counts wrong."""
     meta = {"classes": CLASSES, "image_size": 8, "arch": "red-level",
@@ -161,15 +162,18 @@ def test_test_labels_map_to_the_models_class_indices(tmp_path, monkeypatch):
         write_solid(test_dir / "cat" / f"{i}.png", LEVELS["cat"])
     write_solid(test_dir / "fox" / "0.png", LEVELS["fox"])
     write_solid(test_dir / "fox" / "1.png", LEVELS["gnu"])  # a fox seen as a gnu
-    report = evaluate.evaluate(model_dir, test_dir, tmp_path / "out", batch_size=2, workers=1)
+    out = tmp_path / "out" / "evaluation"  # created with its parents
+    report = evaluate.evaluate(model_dir, test_dir, out, batch_size=2, workers=1)
+    summary = re.fullmatch(r"test_accuracy=0\.8000 test_images=5 seconds=([0-9.]+)\n", capsys.readouterr().out)
+    assert summary and 0 <= float(summary.group(1)) < 600
     mcm = report["multiclass_classification_metrics"]
     assert mcm["accuracy"]["value"] == pytest.approx(4 / 5)
     assert mcm["confusion_matrix"]["cat"]["cat"] == 3 and mcm["confusion_matrix"]["fox"]["gnu"] == 1
     assert mcm["confusion_matrix"]["fox"]["fox"] == 1 and mcm["confusion_matrix"]["ant"]["ant"] == 0
     assert report["per_class_support"]["cat"] == 3 and report["per_class_support"]["ant"] == 0
-    written = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    written = json.loads((out / "evaluation.json").read_text())
     assert written["multiclass_classification_metrics"] == mcm
-    assert (tmp_path / "out" / "confusion_matrix.png").stat().st_size > 0
+    assert (out / "confusion_matrix.png").stat().st_size > 0
 
 
 def test_test_classes_unknown_to_the_model_are_refused(tmp_path, monkeypatch):

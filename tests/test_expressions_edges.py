@@ -127,3 +127,8 @@ def test_only_a_one_key_get_is_a_step_reference():
     mixed = {"Get": "Steps.A.Arn", "Other": {"Get": "Steps.B.Arn"}}  # two keys: plain data
     assert step_references(mixed) == {"B"}
     assert step_references([{"Get": "Steps.A.Arn"}, {"Std:Join": {"Values": [{"Get": "Steps.C.x"}]}}]) == {"A", "C"}
+
+
+def test_get_of_the_property_files_key_alone_is_a_missing_property(ctx):
+    with pytest.raises(ExpressionError, match=r"Steps\.Evaluate: no 'PropertyFiles'"):
+        resolve({"Get": "Steps.Evaluate.PropertyFiles"}, ctx)
