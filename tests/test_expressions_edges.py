@@ -132,3 +132,28 @@ def test_only_a_one_key_get_is_a_step_reference():
 def test_get_of_the_property_files_key_alone_is_a_missing_property(ctx):
     with pytest.raises(ExpressionError, match=r"Steps\.Evaluate: no 'PropertyFiles'"):
         resolve({"Get": "Steps.Evaluate.PropertyFiles"}, ctx)
+
+
+@pytest.mark.parametrize("condition", [{"LeftValue": 1, "RightValue": 1}, ["Type"], "Equals", None])
+def test_a_condition_without_a_type_is_named(condition):
+    with pytest.raises(ExpressionError, match="not a condition"):
+        evaluate_condition(condition, Context())
+
+
+def test_an_object_that_is_not_json_is_named():
+    def broken(uri):
+        raise ValueError("Expecting value: line 1 column 1")
+
+    with pytest.raises(ExpressionError, match="cannot read JSON s3://b/x.json: Expecting value"):
+        resolve({"Std:JsonGet": {"S3Uri": "s3://b/x.json", "Path": "a"}}, Context(read_json=broken))
+
+
+def test_a_name_picks_the_first_item_of_that_name():
+    outputs = [{"OutputName": "train", "Uri": "first"}, {"OutputName": "train", "Uri": "second"}]
+    assert walk(outputs, ["train", "Uri"], "Outputs") == "first"
+
+
+@pytest.mark.parametrize("path", ["Steps.[0].Arn", "Steps.", "Steps"])
+def test_a_step_reference_needs_a_step_name(ctx, path):
+    with pytest.raises(ExpressionError, match="no step name"):
+        resolve({"Get": path}, ctx)
