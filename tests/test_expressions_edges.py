@@ -100,7 +100,7 @@ def test_json_get_of_a_missing_object_names_it(ctx):
         resolve({"Std:JsonGet": {"S3Uri": "s3://b/missing.json", "Path": "a"}}, ctx)
 
 
-@pytest.mark.parametrize("root", ["Tasks", "Outputs", "steps", "Zeta"])
+@pytest.mark.parametrize("root", ["Tasks", "Outputs", "steps", "Zeta", "Artifacts", "Env"])
 def test_an_unknown_get_root_is_named(ctx, root):
     with pytest.raises(ExpressionError, match=f"unknown Get root '{root}'"):
         resolve({"Get": f"{root}.Evaluate.x"}, ctx)
