@@ -156,7 +156,7 @@ def test_test_labels_map_to_the_models_class_indices(tmp_path, monkeypatch, caps
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "model.json").write_text(json.dumps(meta))
-    monkeypatch.setattr(evaluate, "load_model", lambda directory, device: (RedLevelModel(), meta))
+    monkeypatch.setattr(evaluate, "load_model", lambda directory, device: (RedLevelModel().to(device), meta))
     test_dir = tmp_path / "test"
     for i in range(3):
         write_solid(test_dir / "cat" / f"{i}.png", LEVELS["cat"])
@@ -181,7 +181,7 @@ def test_test_classes_unknown_to_the_model_are_refused(tmp_path, monkeypatch):
             "normalize": {"mean": [0.0] * 3, "std": [1 / 255] * 3}}
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "model.json").write_text(json.dumps(meta))
-    monkeypatch.setattr(evaluate, "load_model", lambda directory, device: (RedLevelModel(), meta))
+    monkeypatch.setattr(evaluate, "load_model", lambda directory, device: (RedLevelModel().to(device), meta))
     write_solid(tmp_path / "test" / "cat" / "0.png", 20)
     write_solid(tmp_path / "test" / "owl" / "0.png", 20)
     with pytest.raises(ValueError, match="test classes unknown to the model: owl"):
