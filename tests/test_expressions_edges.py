@@ -157,3 +157,20 @@ def test_a_name_picks_the_first_item_of_that_name():
 def test_a_step_reference_needs_a_step_name(ctx, path):
     with pytest.raises(ExpressionError, match="no step name"):
         resolve({"Get": path}, ctx)
+
+
+@pytest.mark.parametrize("plain", [{"Accuracy": 0.9}, {"Count": {"A": 1}}, {"Epochs": [3]}, {"Get": None, "x": 1}])
+def test_one_key_objects_that_are_no_expression_stay_data(plain):
+    assert resolve(plain, Context()) == plain
+
+
+@pytest.mark.parametrize("path", ["a b", "a..b", "a[x]", "a['b"])
+def test_a_path_that_does_not_parse_is_named(path):
+    with pytest.raises(ExpressionError, match="cannot parse path"):
+        resolve({"Std:JsonGet": {"S3Uri": URI, "Path": path}}, Context(read_json=lambda uri: REPORT))
+
+
+@pytest.mark.parametrize("arg", [{"S3Uri": URI}, "metrics.accuracy", None])
+def test_json_get_needs_a_path(arg):
+    with pytest.raises(ExpressionError, match="Std:JsonGet needs a Path"):
+        resolve({"Std:JsonGet": arg}, Context(read_json=lambda uri: REPORT))
