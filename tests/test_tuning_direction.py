@@ -87,6 +87,7 @@ def studies(monkeypatch) -> list[optuna.Study]:
 def test_minimize_picks_the_lowest_latest_value_and_tells_optuna_so(api, studies):
     result = api.run_tuning_job(minimize_request("Grid", ["1", "2", "3", "4"], 4), "min-grid")
     assert result["HyperParameterTuningJobStatus"] == "Completed", result.get("FailureReason")
+    assert result["ObjectiveStatusCounters"] == {"Succeeded": 4, "Pending": 0, "Failed": 0}
     summaries = result["TrainingJobSummaries"]
     scored = [(s["TunedHyperParameters"]["level"], s["FinalHyperParameterTuningJobObjectiveMetric"]["Value"])
               for s in summaries]
@@ -153,3 +154,12 @@ def test_reverse_logarithmic_values_are_one_minus_the_sample():
     assert float(momentum.request_value(0.01)) == pytest.approx(0.99)
     assert float(momentum.request_value(0.3)) == pytest.approx(0.7)
     assert float(momentum.request_value(0.0001)) == 0.999  # clamped into the range
+
+
+@pytest.mark.parametrize("kind", ["Integer", "Continuous"])
+@pytest.mark.parametrize("scaling,log", [("Auto", False), ("Linear", False), ("Logarithmic", True)])
+def test_only_logarithmic_scaling_samples_on_a_log_scale(kind, scaling, log):
+    [param] = tuning.parse_ranges({f"{kind}ParameterRanges": [
+        {"Name": "p", "MinValue": "1", "MaxValue": "100", "ScalingType": scaling}]})
+    assert param.distribution().log is log
+    assert param.request_value(30) == ("30" if kind == "Integer" else "30.0")  # the sample itself
