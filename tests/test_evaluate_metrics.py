@@ -174,6 +174,8 @@ def test_test_labels_map_to_the_models_class_indices(tmp_path, monkeypatch, caps
     written = json.loads((out / "evaluation.json").read_text())
     assert written["multiclass_classification_metrics"] == mcm
     assert (out / "confusion_matrix.png").stat().st_size > 0
+    again = evaluate.evaluate(model_dir, test_dir, out, batch_size=5, workers=1)  # into a folder that exists
+    assert again["multiclass_classification_metrics"] == mcm
 
 
 def test_test_classes_unknown_to_the_model_are_refused(tmp_path, monkeypatch):

@@ -163,3 +163,14 @@ def test_only_logarithmic_scaling_samples_on_a_log_scale(kind, scaling, log):
         {"Name": "p", "MinValue": "1", "MaxValue": "100", "ScalingType": scaling}]})
     assert param.distribution().log is log
     assert param.request_value(30) == ("30" if kind == "Integer" else "30.0")  # the sample itself
+
+
+def test_unknown_strategies_and_empty_reverse_log_ranges_are_refused():
+    params = tuning.parse_ranges({"CategoricalParameterRanges": [{"Name": "x", "Values": ["1"]}]})
+    for strategy in ("Annealing", "Evolutionary"):
+        config = {"Strategy": strategy, "HyperParameterTuningJobObjective": {"Type": "Minimize", "MetricName": "m"}}
+        with pytest.raises(tuning.TuningConfigError, match=f"unknown tuning Strategy '{strategy}'"):
+            tuning.make_study(config, params, 2)
+    with pytest.raises(tuning.TuningConfigError, match="ReverseLogarithmic needs a continuous range"):
+        tuning.parse_ranges({"ContinuousParameterRanges": [
+            {"Name": "m", "MinValue": "0.9", "MaxValue": "0.9", "ScalingType": "ReverseLogarithmic"}]})
