@@ -25,7 +25,9 @@ LOSS_PY = textwrap.dedent('''
     p.add_argument("--level", type=float, required=True)
     a = p.parse_args()
     first = 0.5 if a.level == 4 else a.level + 1
+    print("epoch=1 valid_time=90.0", flush=True)  # another metric, never the objective
     print(f"epoch=1 valid_loss={first:.4f}", flush=True)
+    print("epoch=2 valid_time=80.0", flush=True)
     print(f"epoch=2 valid_loss={a.level:.4f}", flush=True)
 ''')
 
@@ -63,7 +65,8 @@ def minimize_request(strategy: str, values: list[str], max_jobs: int) -> dict:
             "StoppingCondition": {"MaxRuntimeInSeconds": 120},
             "HyperParameterTuningResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 30},
             "AlgorithmSpecification": {"TrainingInputMode": "File", "TrainingImage": "pytorch-training:2.1-cpu-py310",
-                                       "MetricDefinitions": [{"Name": "valid_loss", "Regex": "valid_loss=([0-9.]+)"}]},
+                                       "MetricDefinitions": [{"Name": "valid_loss", "Regex": "valid_loss=([0-9.]+)"},
+                                                             {"Name": "valid_time", "Regex": "valid_time=([0-9.]+)"}]},
             "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
                 "S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/data/train"}}}],
         },
@@ -100,6 +103,9 @@ def test_minimize_picks_the_lowest_latest_value_and_tells_optuna_so(api, studies
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
     told = sorted((t.params["level"], t.value) for t in study.trials)
     assert told == [("1", 1.0), ("2", 2.0), ("3", 3.0), ("4", 4.0)]
+    # the per-epoch values the pruner sees are the objective's only
+    epochs = sorted((t.params["level"], t.intermediate_values) for t in study.trials)
+    assert epochs == [("1", {1: 2.0, 2: 1.0}), ("2", {1: 3.0, 2: 2.0}), ("3", {1: 4.0, 2: 3.0}), ("4", {1: 0.5, 2: 4.0})]
     assert study.best_trial.params["level"] == "1"
 
 
