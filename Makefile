@@ -2,6 +2,7 @@
 #
 #   make run     set up, then run the whole pipeline locally on the default data (imgpipe run)
 #   make test    set up (plus the test-only browser), then run the test suite
+#   make mutation  mutation testing of the core modules (slow; MUTATE=expressions ... to scope it)
 #
 # Set-up is incremental: each step leaves a stamp and re-runs only when its inputs change.
 
@@ -17,10 +18,11 @@ WEIGHTS_FILE    := $(TORCH_HOME)/hub/checkpoints/mobilenet_v2-b0353104.pth
 FASHION_MNIST   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS     ?=
 CONTAINER_TOOLKITS := sagemaker-training==5.1.4 sagemaker-inference==1.10.1 sagemaker-pytorch-inference==2.0.25
+MUTATE          ?= expressions registry evaluate tuning engine preprocess inference serve
 # root runs apt-get directly; others through sudo when it is there
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup install weights data browser run test bench clean
+.PHONY: all setup install weights data browser run test mutation bench clean
 
 all: setup
 
@@ -68,9 +70,13 @@ run: setup
 test: setup browser
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
+# Not part of `make test`: each mutant re-runs the module's tests (see docs/testing.md).
+mutation: setup
+	PYTHON=$(abspath $(PY)) mutation/run.sh $(MUTATE)
+
 bench: setup
 	$(PY) bench/train_throughput.py
 	$(PY) bench/engine_overhead.py
 
 clean:
-	rm -rf .imgpipe .pytest_cache build *.egg-info
+	rm -rf .imgpipe .pytest_cache .mutation build *.egg-info

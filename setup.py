@@ -45,7 +45,15 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # retrying: imported by the container toolkits below (their only missing dependency here).
-        "test": ["pytest>=8", "moto[server]>=5,<6", "cfn-lint>=1.58,<2", "retrying>=1.3.4,<1.4"],
+        "test": [
+            "pytest>=8",
+            "moto[server]>=5,<6",
+            "cfn-lint>=1.58,<2",
+            "retrying>=1.3.4,<1.4",
+            "hypothesis==6.170.15",  # property-based tests (tests/test_properties_*.py)
+            "cosmic-ray==8.7.0",  # mutation testing: make mutation (docs/testing.md)
+            "pyflakes>=3,<5",
+        ],
         # AWS's own container toolkits, the oracle for the container contract in the tests.
         # Install them with `pip install --no-deps` (the Makefile and buildspec.yml do): their
         # declared protobuf>=5.28 clashes with smdebug's protobuf<=3.20.3, yet they run with it.

@@ -4,7 +4,8 @@ Strategies: ``Bayesian`` → seeded TPE, ``Random`` → random sampling, ``Grid`
 combination of the categorical/integer ranges, ``Hyperband`` → random sampling with
 optuna's Hyperband pruner over the epochs. Each trial is a local training job
 (``training.run_training_job``) named ``<tuning-job>-<NNN>-<hash>``. The objective is read
-from the trial's log with the ``MetricDefinitions`` regexes; early stopping ``Auto`` is
+from the trial's log with the ``MetricDefinitions`` regexes: like SageMaker, a trial scores
+the latest value it emitted (not its best); early stopping ``Auto`` is
 SageMaker's median rule (optuna's MedianPruner on the per-epoch objective).
 """
 from __future__ import annotations
@@ -207,15 +208,24 @@ class _Trial:
         return self.outcome
 
     def _objective(self) -> Optional[float]:
-        status = self.outcome.describe["TrainingJobStatus"]
-        if status == "Completed":
-            for metric in self.outcome.describe.get("FinalMetricDataList", []):
-                if metric["MetricName"] == self.tuner.metric_name:
-                    return float(metric["Value"])
-        if status == "Stopped" and self.outcome.reported:  # the best epoch it reached
-            values = [v for _, v in self.outcome.reported]
-            return max(values) if self.tuner.maximize else min(values)
+        return trial_objective(self.outcome.describe, self.outcome.reported, self.tuner.metric_name)
+
+
+def trial_objective(describe: dict, reported: list[tuple[int, float]], metric_name: str) -> Optional[float]:
+    """A trial's objective as SageMaker scores it (``FinalHyperParameterTuningJobObjectiveMetric``):
+    the LATEST value of the metric the job emitted, not its best; None for a failed job.
+
+    ``reported`` holds the per-epoch values in the order they were emitted (the fallback for a
+    stopped job whose describe carries no final metrics)."""
+    status = describe.get("TrainingJobStatus")
+    if status not in ("Completed", "Stopped"):
         return None
+    for metric in describe.get("FinalMetricDataList", []):
+        if metric["MetricName"] == metric_name:
+            return float(metric["Value"])
+    if status == "Stopped" and reported:
+        return reported[-1][1]
+    return None
 
 
 class LocalTuner:

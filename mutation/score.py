@@ -1,0 +1,44 @@
+"""Mutation score of cosmic-ray sessions, counting only mutants that ran (not filtered ones).
+
+    python mutation/score.py .mutation/*.sqlite
+"""
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+
+
+def score(session: Path) -> dict[str, int]:
+    """Counts of killed, survived, incompetent (the mutant did not even import) and pending."""
+    with sqlite3.connect(session) as conn:
+        rows = conn.execute(
+            "SELECT r.worker_outcome, r.test_outcome FROM work_items w "
+            "LEFT JOIN work_results r ON r.job_id = w.job_id").fetchall()
+    counts = {"killed": 0, "survived": 0, "incompetent": 0, "pending": 0}
+    for worker, test in rows:
+        if worker == "SKIPPED":
+            continue
+        if worker is None:
+            counts["pending"] += 1
+        elif test == "SURVIVED":
+            counts["survived"] += 1
+        elif test == "INCOMPETENT":
+            counts["incompetent"] += 1
+        else:  # KILLED, or the worker timed out / crashed on the mutant: the tests noticed
+            counts["killed"] += 1
+    return counts
+
+
+def main(paths: list[str]) -> int:
+    for path in map(Path, paths):
+        c = score(path)
+        ran = c["killed"] + c["survived"]
+        rate = f"{100 * c['killed'] / ran:.1f} %" if ran else "n/a"
+        print(f"{path.stem:12s} killed {c['killed']:4d}  survived {c['survived']:3d}  score {rate:>7s}"
+              f"  (incompetent {c['incompetent']}, not run yet {c['pending']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

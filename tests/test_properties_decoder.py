@@ -1,0 +1,88 @@
+"""Property-based tests (hypothesis) of the inference decoder on generated images of every
+PIL mode and many sizes and formats: each is accepted, keeps its size, and becomes the same
+``[3, S, S]`` uint8 pixels that training's preprocessing gives for the same file."""
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from imgclf.data import image_to_uint8
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("imgpipe_inference_properties", REPO / "inference" / "inference.py")
+inference = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = inference
+_spec.loader.exec_module(inference)
+
+FAST = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+# PIL modes and the formats that can store each of them
+FORMATS = {
+    "1": ["PNG", "BMP", "TIFF", "GIF"], "L": ["PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP"],
+    "LA": ["PNG", "TIFF"], "P": ["PNG", "BMP", "GIF", "TIFF"], "RGB": ["PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP"],
+    "RGBA": ["PNG", "TIFF", "WEBP"], "CMYK": ["JPEG", "TIFF"], "I;16": ["PNG", "TIFF"], "I": ["TIFF"],
+    "F": ["TIFF"], "YCbCr": ["JPEG"],
+}
+SIDE = 16
+
+
+def make(mode: str, width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    rgb = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+    if mode == "P":
+        return rgb.quantize(8)
+    if mode in ("I;16", "I", "F"):
+        values = rng.integers(0, 65536, (height, width)).astype({"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode])
+        image = Image.fromarray(values)  # the dtype picks the mode
+        assert image.mode == mode
+        return image
+    return rgb.convert(mode)
+
+
+@st.composite
+def encoded_images(draw):
+    mode = draw(st.sampled_from(sorted(FORMATS)))
+    fmt = draw(st.sampled_from(FORMATS[mode]))
+    width, height = draw(st.integers(1, 48)), draw(st.integers(1, 48))
+    buffer = io.BytesIO()
+    make(mode, width, height, draw(st.integers(0, 2**16))).save(buffer, format=fmt)
+    return mode, fmt, (width, height), buffer.getvalue()
+
+
+@FAST
+@given(case=encoded_images())
+def test_every_mode_and_size_decodes_to_the_training_pixels(case):
+    mode, fmt, size, data = case
+    request = inference.input_fn(data, "application/x-image")
+    [image] = request.images
+    assert image.size == size and not request.batched
+    pixels = image_to_uint8(image, SIDE)
+    assert pixels.shape == (3, SIDE, SIDE) and str(pixels.dtype) == "torch.uint8"
+    with Image.open(io.BytesIO(data)) as reference:  # what training does with the same file
+        assert np.array_equal(pixels.numpy(), image_to_uint8(reference, SIDE).numpy()), (mode, fmt)
+
+
+@FAST
+@given(cases=st.lists(encoded_images(), min_size=1, max_size=4))
+def test_a_json_batch_keeps_order_and_sizes(cases):
+    body = json.dumps({"images": [base64.b64encode(data).decode() for *_, data in cases]})
+    request = inference.input_fn(body, "application/json")
+    assert request.batched and [im.size for im in request.images] == [size for _, _, size, _ in cases]
+
+
+@FAST
+@given(colour=st.tuples(*[st.integers(0, 255)] * 3), width=st.integers(1, 40), height=st.integers(1, 40))
+def test_a_solid_colour_stays_that_colour(colour, width, height):
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
+    [image] = inference.input_fn(buffer.getvalue(), "image/png").images
+    pixels = image_to_uint8(image, SIDE).numpy()
+    assert (np.abs(pixels.astype(int) - np.array(colour)[:, None, None]) <= 1).all()
