@@ -91,10 +91,10 @@ def call(app, method: str, path: str) -> tuple[str, bytes]:
 
 
 def test_ping_answers_get_and_head_and_refuses_other_methods():
-    app = serve.InferenceApp(_Handler(), model=None, info={"endpoint": "e"})
+    app = serve.InferenceApp(_Handler(), None, info={"endpoint": "e"})
     for method in ("GET", "HEAD"):
         status, body = call(app, method, "/ping")
-        assert status == "200 OK" and json.loads(body) == {"status": "Healthy", "endpoint": "e"}
+        assert status == "200 OK" and json.loads(body) == {"status": "Healthy", "endpoint": "e", "mode": "SingleModel"}
     for method in ("POST", "PUT", "DELETE"):
         status, body = call(app, method, "/ping")
         assert status == "405 Method Not Allowed" and method in json.loads(body)["error"]
@@ -102,7 +102,7 @@ def test_ping_answers_get_and_head_and_refuses_other_methods():
 
 
 def test_head_ping_over_a_real_socket():
-    app = serve.InferenceApp(_Handler(), model=None)
+    app = serve.InferenceApp(_Handler(), None)
     server = waitress.create_server(app, host="127.0.0.1", port=0, threads=1)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

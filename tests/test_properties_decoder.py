@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -32,6 +33,7 @@ FORMATS = {
     "F": ["TIFF"], "YCbCr": ["JPEG"],
 }
 SIDE = 16
+MAX_ASPECT = inference.Limits().max_aspect_ratio  # the default aspect-ratio limit
 
 
 def make(mode: str, width: int, height: int, seed: int) -> Image.Image:
@@ -51,7 +53,8 @@ def make(mode: str, width: int, height: int, seed: int) -> Image.Image:
 def encoded_images(draw):
     mode = draw(st.sampled_from(sorted(FORMATS)))
     fmt = draw(st.sampled_from(FORMATS[mode]))
-    width, height = draw(st.integers(1, 48)), draw(st.integers(1, 48))
+    width = draw(st.integers(1, 48))  # within the aspect-ratio limit (longer side <= 32 x shorter)
+    height = draw(st.integers(max(1, -(-width // MAX_ASPECT)), min(48, width * MAX_ASPECT)))
     buffer = io.BytesIO()
     make(mode, width, height, draw(st.integers(0, 2**16))).save(buffer, format=fmt)
     return mode, fmt, (width, height), buffer.getvalue()
@@ -79,7 +82,17 @@ def test_a_json_batch_keeps_order_and_sizes(cases):
 
 
 @FAST
-@given(colour=st.tuples(*[st.integers(0, 255)] * 3), width=st.integers(1, 40), height=st.integers(1, 40))
+@given(short=st.integers(1, 3), ratio=st.integers(MAX_ASPECT + 1, 200), tall=st.booleans())
+def test_an_image_over_the_aspect_ratio_limit_is_refused_naming_it(short, ratio, tall):
+    size = (short, short * ratio) if tall else (short * ratio, short)
+    buffer = io.BytesIO()
+    Image.new("L", size).save(buffer, format="PNG")
+    with pytest.raises(inference.BadRequestError, match="IMGPIPE_MAX_ASPECT_RATIO"):
+        inference.input_fn(buffer.getvalue(), "image/png")
+
+
+@FAST
+@given(colour=st.tuples(*[st.integers(0, 255)] * 3), width=st.integers(2, 40), height=st.integers(2, 40))
 def test_a_solid_colour_stays_that_colour(colour, width, height):
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
