@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,13 +13,11 @@ import pytest
 from PIL import Image
 
 import imagefactory as factory
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "steps" / "preprocess.py"
-_spec = importlib.util.spec_from_file_location("imgpipe_steps_preprocess", SCRIPT)
-pre = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = pre  # worker processes unpickle functions by module name
-_spec.loader.exec_module(pre)
+pre = load_script("imgpipe_steps_preprocess", "steps/preprocess.py")
 
 
 @pytest.fixture(autouse=True)

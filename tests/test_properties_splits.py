@@ -3,18 +3,14 @@ within half an image of its share (ties rounded up), and every produced split ho
 one image of a class that has enough images."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("imgpipe_steps_preprocess", REPO / "steps" / "preprocess.py")
-pre = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = pre
-_spec.loader.exec_module(pre)
+pre = load_script("imgpipe_steps_preprocess", "steps/preprocess.py")
 
 FAST = settings(max_examples=300, deadline=500)
 ratios = st.integers(0, 45).map(lambda percent: percent / 100)

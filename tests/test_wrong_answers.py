@@ -3,9 +3,7 @@ version lookup and preprocess's checks and split sizes (each named in docs/testi
 mutant it kills)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,12 +15,10 @@ from pipelines.local.engine import retry_delay
 from pipelines.local.object_store import ObjectStore
 from pipelines.local.registry import LocalModelRegistry, RegistryError
 from pipelines.settings import Settings
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("imgpipe_steps_preprocess", REPO / "steps" / "preprocess.py")
-pre = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = pre
-_spec.loader.exec_module(pre)
+pre = load_script("imgpipe_steps_preprocess", "steps/preprocess.py")
 INTERNAL = {"Step.SERVICE_FAULT"}
 
 
