@@ -193,6 +193,9 @@ def test_full_pipeline_register_then_fail_step_from_cache(home, tmp_path):
     assert "Best hyperparameters: " in ok.stdout and "Test accuracy: " in ok.stdout
     # AnalyzeTraining's verdicts, one line per rule, in the summary and in describe
     assert "Training insights (AnalyzeTraining/TrainingInsights): " in ok.stdout
+    # the Debugger rules (AWS's defaults) are listed apart from the insights, and say so
+    assert re.search(r"^SageMaker Debugger rules \(AWS's default parameters", ok.stdout, re.M)
+    assert re.search(r"^  LossNotDecreasing \(TrainBestModel\): (NoIssuesFound|IssuesFound|Error)$", ok.stdout, re.M)
     for rule in ("LossNotDecreasing", "VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization"):
         assert re.search(rf"^  {rule}: (NoIssuesFound|IssuesFound) — \S", ok.stdout, re.M), rule
     assert "Registered model: ImgpipeModels version 1" in ok.stdout

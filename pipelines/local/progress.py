@@ -275,8 +275,11 @@ def summary(result: ExecutionResult, settings: Settings) -> str:
     best = best_hyperparameters(result)
     if best:
         lines.append("Best hyperparameters: " + ", ".join(f"{k}={v}" for k, v in sorted(best.items())))
-    for step_name, rule, status, _ in rule_rows(result.steps):
-        lines.append(f"Rule {rule} ({step_name}): {status}")
+    debugger = rule_rows(result.steps)
+    if debugger:
+        lines.append("SageMaker Debugger rules (AWS's default parameters: strict on a short fine-tuning run; "
+                     "the training insights below are tuned for it):")
+        lines.extend(f"  {rule} ({step_name}): {status}" for step_name, rule, status, _ in debugger)
     lines.extend(insight_lines(result, settings))
     accuracy = test_accuracy(result, settings)
     if accuracy:
