@@ -179,6 +179,12 @@ class DebuggerHook:
         if self.hook is not None:
             self.hook.set_mode(self.modes.TRAIN if train else self.modes.EVAL)
 
+    def set_predict_mode(self) -> None:
+        """Forward passes that are neither training nor validation steps (batch-norm
+        recalibration): smdebug counts them apart, so its TRAIN and EVAL steps stay the job's own."""
+        if self.hook is not None:
+            self.hook.set_mode(self.modes.PREDICT)
+
     def close(self) -> None:
         if self.hook is not None:
             self.hook.close()
@@ -477,10 +483,11 @@ def fit(args: argparse.Namespace, session: Session, progress: Progress, checkpoi
         train_stats = run_epoch(s.model, s.train_batches, s.loss_fn, s.device, s.optimizer, s.scheduler, s.scaler,
                                 args.augment, s.generator, s.amp_dtype, recorder)
         progress.global_step += len(s.train_batches)
-        hook.set_mode(train=False)  # the re-estimation's forward passes are no training steps
         if epoch * len(s.train_batches) < args.bn_recalibration_steps:
+            hook.set_predict_mode()  # the re-estimation's forward passes are no training steps
             with recorder.paused() if recorder is not None else nullcontext():
                 reestimate_batchnorm(s.model, s.train_batches, s.device)
+        hook.set_mode(train=False)
         s.model.eval()
         valid_stats = run_epoch(s.model, s.valid_batches, s.loss_fn, s.device, amp_dtype=s.amp_dtype)
         record = epoch_record(epoch, train_stats, valid_stats)
