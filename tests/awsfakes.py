@@ -21,9 +21,11 @@ def endpoint_description(status: str, config: str, **extra) -> dict:
             "EndpointConfigName": config, "EndpointStatus": status, "CreationTime": WHEN, "LastModifiedTime": WHEN, **extra}
 
 
-def describe_serving(stub, status: str, config: str, package: str, **extra) -> None:
+def describe_serving(stub, status: str, config: str, package: str, *, primary_container: dict | None = None,
+                     **extra) -> None:
     """Script describe_endpoint -> describe_endpoint_config -> describe_model as SageMaker answers
-    for ``ENDPOINT`` serving ``package`` (a model and config both named ``config``)."""
+    for ``ENDPOINT`` serving ``package`` (a model and config both named ``config``), or, with
+    ``primary_container``, a model of that one container (a multi-model endpoint)."""
     stub.add_response("describe_endpoint", endpoint_description(status, config, **extra), {"EndpointName": ENDPOINT})
     stub.add_response("describe_endpoint_config", {
         "EndpointConfigName": config, "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/{config}",
@@ -33,7 +35,8 @@ def describe_serving(stub, status: str, config: str, package: str, **extra) -> N
                               "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]},
         "CreationTime": WHEN}, {"EndpointConfigName": config})
     stub.add_response("describe_model", {
-        "ModelName": config, "Containers": [{"ModelPackageName": package}], "ExecutionRoleArn": ROLE,
+        "ModelName": config, "ExecutionRoleArn": ROLE,
+        **({"PrimaryContainer": primary_container} if primary_container else {"Containers": [{"ModelPackageName": package}]}),
         "CreationTime": WHEN, "ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{config}"},
         {"ModelName": config})
 

@@ -92,3 +92,16 @@ def write_json(path: Path, data) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return path
+
+
+def wait_until_ready(proc: subprocess.Popen, ready: Path, log: Path, timeout: float = 120.0) -> dict:
+    """The ready file of a server process just started (its ports), failing with the server's
+    log if the process ends or ``timeout`` seconds pass first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not ready.is_file():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    return json.loads(ready.read_text())

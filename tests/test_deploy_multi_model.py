@@ -12,7 +12,7 @@ import io
 import json
 
 import pytest
-from awsfakes import CAPTURE, ENDPOINT, ROLE, WHEN, endpoint_description, fake_aws, load_step
+from awsfakes import CAPTURE, ENDPOINT, ROLE, describe_serving, endpoint_description, fake_aws, load_step
 
 IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6.0-cpu-py312"
 ROOT = "s3://imgpipe-bucket/imgpipe/multi-model"
@@ -56,18 +56,7 @@ def artifacts(s3) -> dict:
 
 def describe_multi_model(stub, status: str, config: str) -> None:
     """describe_endpoint -> describe_endpoint_config -> describe_model of a multi-model endpoint."""
-    stub.add_response("describe_endpoint", endpoint_description(status, config), {"EndpointName": ENDPOINT})
-    stub.add_response("describe_endpoint_config", {
-        "EndpointConfigName": config, "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/{config}",
-        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": config, "InstanceType": "ml.m5.large",
-                                "InitialInstanceCount": 1}],
-        "DataCaptureConfig": {"EnableCapture": True, "InitialSamplingPercentage": 20, "DestinationS3Uri": CAPTURE,
-                              "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]},
-        "CreationTime": WHEN}, {"EndpointConfigName": config})
-    stub.add_response("describe_model", {
-        "ModelName": config, "PrimaryContainer": MULTI_MODEL_CONTAINER, "ExecutionRoleArn": ROLE,
-        "CreationTime": WHEN, "ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{config}"},
-        {"ModelName": config})
+    describe_serving(stub, status, config, "", primary_container=MULTI_MODEL_CONTAINER)
 
 
 def stubbed_hosting(monkeypatch, s3):

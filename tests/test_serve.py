@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from endpoint_helpers import REPO, trained_model, valid_images
+from endpoint_helpers import REPO, trained_model, valid_images, wait_until_ready
 
 SERVE = REPO / "inference" / "serve.py"
 PAYLOAD_LIMIT = 200_000
@@ -38,11 +38,7 @@ def server(tmp_path_factory):
                              "--capture-dir", str(work / "capture"), "--capture-percent", "100"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while not ready.is_file():
-            assert proc.poll() is None, (work / "server.log").read_text()
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
+        wait_until_ready(proc, ready, work / "server.log")
         port = json.loads(ready.read_text())["public_port"]
         yield {"port": port, "proc": proc, "data": data, "work": work}
     finally:

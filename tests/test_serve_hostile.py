@@ -22,7 +22,7 @@ from contextlib import ExitStack
 import pytest
 from PIL import Image
 
-from endpoint_helpers import REPO, untrained_model
+from endpoint_helpers import REPO, untrained_model, wait_until_ready
 
 SERVE = REPO / "inference" / "serve.py"
 TIMEOUTS = 3  # --idle-timeout and --request-timeout of the server under test, seconds
@@ -43,11 +43,7 @@ def server(tmp_path_factory):
              "--capture-dir", str(work / "capture"), "--capture-percent", "100"],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while not ready.is_file():
-            assert proc.poll() is None, (work / "server.log").read_text()
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
+        wait_until_ready(proc, ready, work / "server.log")
         info = json.loads(ready.read_text())
         yield {"port": info["public_port"], "health": info["health_port"], "proc": proc, "work": work}
     finally:
