@@ -110,25 +110,26 @@ def test_build_phase_with_the_documented_least_privilege_policy(buildspec, moto_
         assert denied, f"statement {sid} of docs/aws.md's CodeBuild policy is not needed"
 
 
-def test_a_missing_permission_is_one_line_naming_action_and_resource(buildspec, moto_server, tmp_path, monkeypatch):
-    project = "imgpipe"
+def failed_build_error(buildspec, moto_server, tmp_path, monkeypatch, project: str, without_sid: str) -> str:
+    """The build as a principal with docs/aws.md's policy less statement ``without_sid``: it fails,
+    with exactly one ``error:`` line and no traceback; that line."""
     policy = documented_codebuild_policy(project, "p-1a2b3c4d5e6f")
-    policy["Statement"] = [s for s in policy["Statement"] if s.get("Sid") != "PassThePipelineRole"]
+    policy["Statement"] = [s for s in policy["Statement"] if s.get("Sid") != without_sid]
     done, _ = run_build(buildspec, moto_server, tmp_path, monkeypatch, project, policy)
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert "iam:PassRole" in errors[0] and PIPELINE_ROLE in errors[0], errors[0]
+    return errors[0]
+
+
+def test_a_missing_permission_is_one_line_naming_action_and_resource(buildspec, moto_server, tmp_path, monkeypatch):
+    error = failed_build_error(buildspec, moto_server, tmp_path, monkeypatch, "imgpipe", "PassThePipelineRole")
+    assert "iam:PassRole" in error and PIPELINE_ROLE in error, error
 
 
 def test_a_refused_code_upload_is_one_line_naming_s3_putobject_and_the_object(buildspec, moto_server, tmp_path, monkeypatch):
     """The SDK uploads the step code with S3Transfer: its S3UploadFailedError becomes AWS's words."""
     project = "imgpipe"
-    policy = documented_codebuild_policy(project, "p-1a2b3c4d5e6f")
-    policy["Statement"] = [s for s in policy["Statement"] if s.get("Sid") != "UploadStepCode"]
-    done, _ = run_build(buildspec, moto_server, tmp_path, monkeypatch, project, policy)
-    assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert errors[0].startswith(f"error: AWS refused s3:PutObject on arn:aws:s3:::{BUCKET}/{project}-p-1a2b3c4d5e6f/"), errors[0]
-    assert "S3UploadFailedError" not in errors[0]
+    error = failed_build_error(buildspec, moto_server, tmp_path, monkeypatch, project, "UploadStepCode")
+    assert error.startswith(f"error: AWS refused s3:PutObject on arn:aws:s3:::{BUCKET}/{project}-p-1a2b3c4d5e6f/"), error
+    assert "S3UploadFailedError" not in error
