@@ -1,7 +1,6 @@
 """Local Processing/Training jobs: real subprocesses, real small data, SageMaker-shaped requests."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -18,6 +17,7 @@ from pipelines.local.jobs import PathMapper, decode_hyperparameter, to_cmd_args
 from pipelines.local.object_store import ObjectStore
 from pipelines.local.sagemaker_api import LocalSageMaker
 from pipelines.settings import Settings
+from scripts import put_tarball
 
 BUCKET = "imgpipe-local"
 IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.1-cpu-py310"
@@ -100,18 +100,6 @@ def env(tmp_path):
     events: list[dict] = []
     api = LocalSageMaker(settings, store, on_event=events.append)
     return SimpleNamespace(settings=settings, store=store, api=api, events=events, tmp=tmp_path)
-
-
-def put_tarball(store: ObjectStore, uri: str, files: dict[str, str]) -> str:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    store.put_bytes(uri, buf.getvalue())
-    return uri
 
 
 @pytest.fixture()
@@ -372,13 +360,7 @@ def test_sdk_repack_model_step_runs_locally(env):
     from sagemaker.workflow import _repack_model, _utils
 
     model_uri = f"s3://{BUCKET}/training/job-1/output/model.tar.gz"
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in (("model.pth", b"weights"), ("model.json", b"{}")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    env.store.put_bytes(model_uri, buf.getvalue())
+    put_tarball(env.store, model_uri, {"model.pth": b"weights", "model.json": b"{}"})
     code = put_tarball(env.store, f"s3://{BUCKET}/repack/source/sourcedir.tar.gz", {
         _utils.REPACK_SCRIPT_LAUNCHER: _utils.LAUNCH_REPACK_SCRIPT_CMD,
         _utils.REPACK_SCRIPT: Path(_repack_model.__file__).read_text(),

@@ -1,11 +1,9 @@
 """Local hyperparameter tuning: optuna strategies over real trial subprocesses."""
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
-import tarfile
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +13,7 @@ import pytest
 from pipelines.local.object_store import ObjectStore
 from pipelines.local.sagemaker_api import LocalSageMaker
 from pipelines.settings import Settings
+from scripts import put_tarball
 
 BUCKET = "imgpipe-local"
 # Objective: a known function of the hyperparameters, reached at the last epoch.
@@ -56,12 +55,7 @@ def toy_objective(tuned: dict[str, str]) -> float:
 def env(tmp_path):
     settings = Settings(home=tmp_path / "home")
     store = ObjectStore(settings.s3_root)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        info = tarfile.TarInfo("toy.py")
-        info.size = len(TOY_PY.encode())
-        tar.addfile(info, io.BytesIO(TOY_PY.encode()))
-    store.put_bytes(f"s3://{BUCKET}/code/toy/sourcedir.tar.gz", buf.getvalue())
+    put_tarball(store, f"s3://{BUCKET}/code/toy/sourcedir.tar.gz", {"toy.py": TOY_PY})
     store.put_bytes(f"s3://{BUCKET}/data/train/a.txt", b"x")
     trace = tmp_path / "trace"
     trace.mkdir()

@@ -3,9 +3,7 @@ sign the optimizer is told, and SageMaker's rule that a trial scores the LATEST 
 objective metric it emitted (``FinalHyperParameterTuningJobObjectiveMetric``), not its best."""
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import textwrap
 
 import optuna
@@ -15,6 +13,7 @@ from pipelines.local import tuning
 from pipelines.local.object_store import ObjectStore
 from pipelines.local.sagemaker_api import LocalSageMaker
 from pipelines.settings import Settings
+from scripts import put_tarball
 
 BUCKET = "imgpipe-local"
 # valid_loss ends at level; before that it is level + 1, except for level 4, which first emits 0.5 (better
@@ -36,12 +35,7 @@ LOSS_PY = textwrap.dedent('''
 def api(tmp_path):
     settings = Settings(home=tmp_path / "home")
     store = ObjectStore(settings.s3_root)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        info = tarfile.TarInfo("loss.py")
-        info.size = len(LOSS_PY.encode())
-        tar.addfile(info, io.BytesIO(LOSS_PY.encode()))
-    store.put_bytes(f"s3://{BUCKET}/code/loss/sourcedir.tar.gz", buf.getvalue())
+    put_tarball(store, f"s3://{BUCKET}/code/loss/sourcedir.tar.gz", {"loss.py": LOSS_PY})
     store.put_bytes(f"s3://{BUCKET}/data/train/a.txt", b"x")
     return LocalSageMaker(settings, store, cores=1)
 
