@@ -52,6 +52,7 @@ setup(
             "retrying>=1.3.4,<1.4",
             "hypothesis==6.170.15",  # property-based tests (tests/test_properties_*.py)
             "cosmic-ray==8.7.0",  # mutation testing: make mutation (docs/testing.md)
+            "coverage==7.17.5",  # per-test coverage picks the tests each mutant runs (mutation/warm.py)
             "pyflakes>=3,<5",
         ],
         # AWS's own container toolkits, the oracle for the container contract in the tests.

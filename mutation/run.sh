@@ -5,9 +5,11 @@
 #                                    inference serve registry (default: all of them)
 #
 # Each module is mutated in a scratch copy of the tracked tree (.mutation/tree-<pid>), never in the
-# checkout, and each mutant runs only the test files that cover that module (the table below),
-# stopping at the first failure. Results: .mutation/<module>.sqlite (resumable: a re-run
+# checkout. mutation/warm.py runs the module's test files (the table below) once under coverage,
+# then runs each mutant in a process forked from a warm one against only the tests that executed
+# the mutated lines, quickest first, stopping at the first failure. Results: .mutation/<module>.sqlite (resumable: a re-run
 # continues where it stopped) and .mutation/<module>.txt (survivors listed by cr-report).
+# CONFIRM=1 runs the whole table entry before calling a mutant a survivor (see warm.py).
 # RECHECK=1 re-runs only a finished session's survivors (after adding tests); when the module's
 # source changes, delete its session instead (mutants are stored by line and column).
 set -euo pipefail
@@ -23,17 +25,17 @@ declare -A FILE TESTS
 FILE[expressions]=pipelines/local/expressions.py
 TESTS[expressions]="tests/test_local_expressions.py tests/test_expressions_edges.py tests/test_properties_expressions.py"
 FILE[engine]=pipelines/local/engine.py
-TESTS[engine]="tests/test_wrong_answers.py tests/test_local_engine.py"
+TESTS[engine]="tests/test_wrong_answers.py tests/test_local_engine.py tests/test_engine_edges.py"
 FILE[tuning]=pipelines/local/tuning.py
-TESTS[tuning]="tests/test_tuning_direction.py tests/test_local_tuning.py"
+TESTS[tuning]="tests/test_tuning_direction.py tests/test_tuning_edges.py tests/test_local_tuning.py"
 FILE[evaluate]=steps/evaluate.py
 TESTS[evaluate]="tests/test_evaluate_metrics.py"
 FILE[preprocess]=steps/preprocess.py
-TESTS[preprocess]="tests/test_wrong_answers.py tests/test_properties_splits.py tests/test_preprocess.py"
+TESTS[preprocess]="tests/test_wrong_answers.py tests/test_properties_splits.py tests/test_preprocess.py tests/test_preprocess_edges.py"
 FILE[inference]=inference/inference.py
-TESTS[inference]="tests/test_inference_boundaries.py tests/test_properties_decoder.py tests/test_inference.py"
+TESTS[inference]="tests/test_inference_boundaries.py tests/test_properties_decoder.py tests/test_inference.py tests/test_safe_extract.py tests/test_container_toolkits.py tests/test_inference_edges.py"
 FILE[serve]=inference/serve.py
-TESTS[serve]="tests/test_inference_boundaries.py tests/test_serve.py"
+TESTS[serve]="tests/test_inference_boundaries.py tests/test_serve.py tests/test_runtime_api.py tests/test_serve_edges.py tests/test_serve_hostile.py"
 FILE[registry]=pipelines/local/registry.py
 # Functions left unmutated: command-line plumbing and plot styling, which give no answer
 # the pipeline gates on (their mutants would be help texts, figure sizes and colours).
@@ -51,7 +53,15 @@ done
 
 mkdir -p "$WORK"
 TREE="$WORK/tree-$$"  # one scratch copy per run: two runs (different modules) may go at once
-trap 'rm -rf "$TREE"' EXIT
+server="" cosmic=""
+# On exit or a signal: stop cosmic-ray first (it must not go on mutating a deleted tree), then
+# the warm runner, then delete the tree.
+cleanup() {
+  for pid in $cosmic $server; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
+  rm -rf "$TREE" "$WORK"/warm-$$.*
+}
+trap cleanup EXIT
+trap 'exit 143' TERM INT HUP
 mkdir -p "$TREE"
 (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$TREE")
 
@@ -60,11 +70,12 @@ for module in "${modules[@]}"; do
   session="$WORK/$module.sqlite"
   tests=""
   for t in ${TESTS[$module]}; do [ -f "$TREE/$t" ] && tests="$tests $t"; done
+  socket="$WORK/warm-$$.sock"
   sed -e "s|@FILE@|${FILE[$module]}|" -e "s|@TIMEOUT@|$TIMEOUT|" \
-      -e "s|@TESTS@|$PY -m pytest -x -q -p no:cacheprovider$tests|" \
+      -e "s|@TESTS@|$PY $HERE/warm.py run --stop-parent-on-loss --socket $socket|" \
       "$HERE/cosmic-ray.toml.in" > "$config"
   cd "$TREE"
-  export PYTHONPATH="$TREE:$TREE/training:$TREE/tests"
+  export PYTHONPATH="$TREE:$TREE/training:$TREE/tests" PYTHONDONTWRITEBYTECODE=1
   if [ ! -f "$session" ]; then
     "$BIN/cosmic-ray" init "$config" "$session"
     "$BIN/cr-filter-operators" "$session" "$config"
@@ -75,7 +86,21 @@ for module in "${modules[@]}"; do
     "$PY" -c 'import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); print(c.execute("DELETE FROM work_results WHERE test_outcome = ?", ("SURVIVED",)).rowcount, "survivors to re-run"); c.commit()' "$session"
   fi
   echo "== $module: ${FILE[$module]} against$tests"
-  "$BIN/cosmic-ray" --verbosity=WARNING exec "$config" "$session"
+  # The warm runner (mutation/warm.py): baseline run under coverage, then one fork per mutant.
+  "$PY" "$HERE/warm.py" serve --socket "$socket" --module "${FILE[$module]}" \
+      --log "$WORK/$module.log" $([ "${CONFIRM:-0}" = 1 ] && echo --confirm) $tests &
+  server=$!
+  while [ ! -S "$socket" ]; do
+    kill -0 "$server" 2>/dev/null || { echo "warm runner for $module did not start" >&2; exit 1; }
+    sleep 1
+  done
+  "$BIN/cosmic-ray" --verbosity=WARNING exec "$config" "$session" &
+  cosmic=$!
+  wait "$cosmic"  # in the background so that a signal reaches the trap at once
+  cosmic=""
+  kill "$server"; wait "$server" 2>/dev/null || true
+  server=""
+  rm -f "$socket"
   "$BIN/cr-report" --show-diff --surviving-only "$session" > "$WORK/$module.txt" || true
   tail -n 4 "$WORK/$module.txt"
   "$PY" "$HERE/score.py" "$session"

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import math
 import sqlite3
 import sys
 from pathlib import Path
@@ -30,13 +31,29 @@ def score(session: Path) -> dict[str, int]:
     return counts
 
 
+def wilson_interval(killed: int, ran: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of the kill rate, when ``ran`` mutants are a random sample."""
+    if not ran:
+        return 0.0, 1.0
+    p = killed / ran
+    centre = (p + z * z / (2 * ran)) / (1 + z * z / ran)
+    half = z * math.sqrt(p * (1 - p) / ran + z * z / (4 * ran * ran)) / (1 + z * z / ran)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def main(paths: list[str]) -> int:
     for path in map(Path, paths):
         c = score(path)
         ran = c["killed"] + c["survived"]
         rate = f"{100 * c['killed'] / ran:.1f} %" if ran else "n/a"
-        print(f"{path.stem:12s} killed {c['killed']:4d}  survived {c['survived']:3d}  score {rate:>7s}"
-              f"  (incompetent {c['incompetent']}, not run yet {c['pending']})")
+        line = (f"{path.stem:12s} killed {c['killed']:4d}  survived {c['survived']:3d}  score {rate:>7s}"
+                f"  (incompetent {c['incompetent']}, not run yet {c['pending']})")
+        if c["pending"] and ran:
+            # cosmic-ray runs a session's mutants in job-id (random UUID) order, so the part that
+            # ran is a uniform random sample of the whole
+            low, high = wilson_interval(c["killed"], ran)
+            line += f"  whole module, 95 %: {100 * low:.1f}-{100 * high:.1f} %"
+        print(line)
     return 0
 
 

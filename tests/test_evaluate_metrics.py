@@ -204,3 +204,26 @@ def test_the_model_is_found_in_a_directory_or_its_model_tar_gz(tmp_path):
     assert found == tmp_path / "scratch-2" and (found / "model.json").read_text() == "{}"
     with pytest.raises(FileNotFoundError, match="holds neither model.json nor a model.tar.gz"):
         evaluate.locate_model(tmp_path / "scratch-1", tmp_path / "scratch-3")
+
+
+def test_a_single_test_image_weighs_the_whole_average():
+    """Weights are supports over the total, and a total of one image is one, not clamped higher."""
+    report = evaluate.classification_metrics(np.array([2]), probabilities_ranking([[2]], 3), CLASSES[:3])
+    mcm = report["multiclass_classification_metrics"]
+    for name in ("accuracy", "weighted_precision", "weighted_recall", "weighted_f1"):
+        assert mcm[name]["value"] == 1.0, name
+
+
+def test_predicting_no_images_gives_an_empty_batch_of_every_class():
+    meta = {"classes": CLASSES, "normalize": {"mean": [0.0] * 3, "std": [1 / 255] * 3}}
+    probabilities = evaluate.predict(RedLevelModel(), meta, torch.zeros((0, 3, 8, 8), dtype=torch.uint8), 4)
+    assert tuple(probabilities.shape) == (0, len(CLASSES))
+
+
+def test_the_script_runs_as_a_program():
+    """SageMaker runs ``python evaluate.py``: the module must call main() when run that way."""
+    import subprocess
+
+    result = subprocess.run([sys.executable, str(REPO / "steps" / "evaluate.py"), "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--model-dir" in result.stdout, result.stderr

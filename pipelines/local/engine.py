@@ -654,8 +654,8 @@ class Engine:
             finally:
                 done.set()
 
-        threading.Thread(target=target, name="imgpipe-job", daemon=True).start()
-        try:
+        try:  # a signal may land as start() returns: the job runs, so it must be stopped too
+            threading.Thread(target=target, name="imgpipe-job", daemon=True).start()
             while not done.wait(0.5):
                 pass
         except (KeyboardInterrupt, _Stop):
