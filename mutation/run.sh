@@ -10,7 +10,8 @@
 # the mutated lines, quickest first, stopping at the first failure. Results: .mutation/<module>.sqlite (resumable: a re-run
 # continues where it stopped) and .mutation/<module>.txt (survivors listed by cr-report).
 # CONFIRM=1 runs the whole table entry before calling a mutant a survivor (see warm.py).
-# RECHECK=1 re-runs only a finished session's survivors (after adding tests); when the module's
+# RECHECK=1 re-runs only a session's survivors (after adding tests), leaving any unrun mutants
+# for a later plain run (mutation/recheck.py); when the module's
 # source changes, delete its session instead (mutants are stored by line and column).
 set -euo pipefail
 
@@ -82,8 +83,9 @@ for module in "${modules[@]}"; do
     "$BIN/cr-filter-pragma" "$session"
     "$PY" "$HERE/skip_functions.py" "$session" ${SKIP[$module]:-}
   fi
+  "$PY" "$HERE/recheck.py" "$session" end > /dev/null  # an interrupted RECHECK's parked mutants
   if [ "${RECHECK:-0}" = 1 ]; then
-    "$PY" -c 'import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); print(c.execute("DELETE FROM work_results WHERE test_outcome = ?", ("SURVIVED",)).rowcount, "survivors to re-run"); c.commit()' "$session"
+    "$PY" "$HERE/recheck.py" "$session" begin
   fi
   echo "== $module: ${FILE[$module]} against$tests"
   # The warm runner (mutation/warm.py): baseline run under coverage, then one fork per mutant.
@@ -98,6 +100,7 @@ for module in "${modules[@]}"; do
   cosmic=$!
   wait "$cosmic"  # in the background so that a signal reaches the trap at once
   cosmic=""
+  [ "${RECHECK:-0}" != 1 ] || "$PY" "$HERE/recheck.py" "$session" end
   kill "$server"; wait "$server" 2>/dev/null || true
   server=""
   rm -f "$socket"

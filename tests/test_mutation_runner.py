@@ -5,6 +5,7 @@ killer never ran), so the selection rules and a whole serve/run round trip are t
 """
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -113,3 +114,31 @@ def test_without_a_server_the_client_stops_its_parent_instead_of_reporting_a_kil
     stopping = subprocess.run(["bash", "-c", f"{client} --stop-parent-on-loss; echo parent-went-on"],
                               capture_output=True, text=True, timeout=60)
     assert stopping.returncode == -15 and "parent-went-on" not in stopping.stdout
+
+
+def test_a_recheck_reruns_survivors_and_leaves_unrun_mutants_for_later(tmp_path):
+    """A session stopped part-way: RECHECK re-runs its survivors only, then its unrun mutants are
+    pending again (parking them must not drop them from the score for good)."""
+    recheck = load_script("imgpipe_mutation_recheck", "mutation/recheck.py")
+    score = load_script("imgpipe_mutation_score", "mutation/score.py")
+    (tmp_path / "toy.py").write_text(TOY)
+    (tmp_path / "cr.toml").write_text('[cosmic-ray]\nmodule-path = "toy.py"\ntimeout = 10\n'
+                                      'excluded-modules = []\ntest-command = "true"\n'
+                                      '[cosmic-ray.distributor]\nname = "local"\n')
+    session = tmp_path / "toy.sqlite"
+    subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "init", "cr.toml", str(session)],
+                   cwd=tmp_path, check=True, capture_output=True)
+    with sqlite3.connect(session) as conn:
+        jobs = [row[0] for row in conn.execute("SELECT job_id FROM work_items ORDER BY job_id")]
+        assert len(jobs) >= 4
+        for job, outcome in zip(jobs, ["KILLED", "SURVIVED"]):
+            conn.execute("INSERT INTO work_results (job_id, worker_outcome, output, test_outcome, diff) "
+                         "VALUES (?, 'NORMAL', '', ?, '')", (job, outcome))
+    unrun = len(jobs) - 2
+    assert score.score(session) == {"killed": 1, "survived": 1, "incompetent": 0, "pending": unrun}
+    with sqlite3.connect(session) as conn:
+        assert recheck.begin(conn) == f"1 survivors to re-run ({unrun} unrun mutants left for a later run)"
+    assert score.score(session) == {"killed": 1, "survived": 0, "incompetent": 0, "pending": 1}
+    with sqlite3.connect(session) as conn:
+        assert recheck.end(conn) == f"{unrun} unrun mutants pending again"
+    assert score.score(session) == {"killed": 1, "survived": 0, "incompetent": 0, "pending": unrun + 1}
