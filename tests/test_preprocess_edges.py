@@ -19,16 +19,13 @@ import pytest
 from PIL import Image
 
 import imagefactory as factory
+import test_preprocess
 from scripts import load_script
 
 pre = load_script("imgpipe_steps_preprocess", "steps/preprocess.py")
 
 
-@pytest.fixture(autouse=True)
-def failure_file(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "sm-output" / "failure"
-    monkeypatch.setenv("SM_OUTPUT_FAILURE", str(path))
-    return path
+failure_file = test_preprocess.failure_file  # autouse: SM_OUTPUT_FAILURE in tmp_path for every test
 
 
 # --------------------------------------------------------------------------- pixel conversion

@@ -3,19 +3,14 @@ sign the optimizer is told, and SageMaker's rule that a trial scores the LATEST 
 objective metric it emitted (``FinalHyperParameterTuningJobObjectiveMetric``), not its best."""
 from __future__ import annotations
 
-import json
 import textwrap
 
 import optuna
 import pytest
 
 from pipelines.local import tuning
-from pipelines.local.object_store import ObjectStore
-from pipelines.local.sagemaker_api import LocalSageMaker
-from pipelines.settings import Settings
-from scripts import put_tarball
+from tuning_requests import level_tuning_request, one_script_api
 
-BUCKET = "imgpipe-local"
 # valid_loss ends at level; before that it is level + 1, except for level 4, which first emits 0.5 (better
 # than any trial's final loss) and then ends at 4 (the worst).
 LOSS_PY = textwrap.dedent('''
@@ -33,38 +28,12 @@ LOSS_PY = textwrap.dedent('''
 
 @pytest.fixture()
 def api(tmp_path):
-    settings = Settings(home=tmp_path / "home")
-    store = ObjectStore(settings.s3_root)
-    put_tarball(store, f"s3://{BUCKET}/code/loss/sourcedir.tar.gz", {"loss.py": LOSS_PY})
-    store.put_bytes(f"s3://{BUCKET}/data/train/a.txt", b"x")
-    return LocalSageMaker(settings, store, cores=1)
+    return one_script_api(tmp_path, "loss.py", LOSS_PY)
 
 
 def minimize_request(strategy: str, values: list[str], max_jobs: int) -> dict:
-    return {
-        "HyperParameterTuningJobConfig": {
-            "Strategy": strategy,
-            "ResourceLimits": {"MaxNumberOfTrainingJobs": max_jobs, "MaxParallelTrainingJobs": 1},
-            "TrainingJobEarlyStoppingType": "Off",
-            "HyperParameterTuningJobObjective": {"Type": "Minimize", "MetricName": "valid_loss"},
-            "ParameterRanges": {"CategoricalParameterRanges": [{"Name": "level", "Values": values}]},
-        },
-        "TrainingJobDefinition": {
-            "StaticHyperParameters": {
-                "sagemaker_submit_directory": json.dumps(f"s3://{BUCKET}/code/loss/sourcedir.tar.gz"),
-                "sagemaker_program": '"loss.py"', "sagemaker_region": '"us-east-1"',
-            },
-            "RoleArn": "arn:aws:iam::000000000000:role/x",
-            "OutputDataConfig": {"S3OutputPath": f"s3://{BUCKET}/tuning"},
-            "StoppingCondition": {"MaxRuntimeInSeconds": 120},
-            "HyperParameterTuningResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 30},
-            "AlgorithmSpecification": {"TrainingInputMode": "File", "TrainingImage": "pytorch-training:2.1-cpu-py310",
-                                       "MetricDefinitions": [{"Name": "valid_loss", "Regex": "valid_loss=([0-9.]+)"},
-                                                             {"Name": "valid_time", "Regex": "valid_time=([0-9.]+)"}]},
-            "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
-                "S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/data/train"}}}],
-        },
-    }
+    return level_tuning_request("loss.py", values, strategy=strategy, max_jobs=max_jobs, objective="Minimize",
+                                metrics=["valid_loss", "valid_time"])
 
 
 @pytest.fixture()

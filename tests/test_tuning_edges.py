@@ -9,7 +9,6 @@ in for the training job, so that they are about the tuner alone.
 """
 from __future__ import annotations
 
-import json
 import textwrap
 import threading
 from types import SimpleNamespace
@@ -20,9 +19,8 @@ import pytest
 from pipelines.local import tuning
 from pipelines.local.jobs import JobContext
 from pipelines.local.object_store import ObjectStore
-from pipelines.local.sagemaker_api import LocalSageMaker
 from pipelines.settings import Settings
-from scripts import put_tarball
+from tuning_requests import level_tuning_request, one_script_api
 
 
 def ranges(**kinds) -> dict:
@@ -117,7 +115,6 @@ def test_a_trial_runs_on_the_tuning_resource_config_or_else_the_plain_one(defini
 
 
 # --------------------------------------------------------------------------- whole jobs
-BUCKET = "imgpipe-local"
 FAIL_PY = textwrap.dedent('''
     import argparse, sys
     p = argparse.ArgumentParser()
@@ -128,37 +125,14 @@ FAIL_PY = textwrap.dedent('''
 
 
 def failing_request(values: list[str]) -> dict:
-    return {
-        "HyperParameterTuningJobConfig": {
-            "Strategy": "Grid",
-            "ResourceLimits": {"MaxNumberOfTrainingJobs": len(values), "MaxParallelTrainingJobs": 1},
-            "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": "acc"},
-            "ParameterRanges": {"CategoricalParameterRanges": [{"Name": "level", "Values": values}]},
-        },
-        "TrainingJobDefinition": {
-            "StaticHyperParameters": {
-                "sagemaker_submit_directory": json.dumps(f"s3://{BUCKET}/code/fail/sourcedir.tar.gz"),
-                "sagemaker_program": '"fail.py"', "sagemaker_region": '"us-east-1"',
-            },
-            "RoleArn": "arn:aws:iam::000000000000:role/x",
-            "OutputDataConfig": {"S3OutputPath": f"s3://{BUCKET}/tuning"},
-            "StoppingCondition": {"MaxRuntimeInSeconds": 120},
-            "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 30},
-            "AlgorithmSpecification": {"TrainingInputMode": "File", "TrainingImage": "pytorch-training:2.1-cpu-py310",
-                                       "MetricDefinitions": [{"Name": "acc", "Regex": "acc=([0-9.]+)"}]},
-            "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
-                "S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/data/train"}}}],
-        },
-    }
+    """A grid over ``values`` whose every trial fails; the instance type given the plain way."""
+    return level_tuning_request("fail.py", values, strategy="Grid", max_jobs=len(values), objective="Maximize",
+                                metrics=["acc"], resource_key="ResourceConfig")
 
 
 @pytest.fixture()
 def api(tmp_path):
-    settings = Settings(home=tmp_path / "home")
-    store = ObjectStore(settings.s3_root)
-    put_tarball(store, f"s3://{BUCKET}/code/fail/sourcedir.tar.gz", {"fail.py": FAIL_PY})
-    store.put_bytes(f"s3://{BUCKET}/data/train/a.txt", b"x")
-    return LocalSageMaker(settings, store, cores=1)
+    return one_script_api(tmp_path, "fail.py", FAIL_PY)
 
 
 def test_when_every_trial_fails_the_job_names_the_first_trials_failure(api):
