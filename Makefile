@@ -18,7 +18,7 @@ WEIGHTS_FILE    := $(TORCH_HOME)/hub/checkpoints/mobilenet_v2-b0353104.pth
 FASHION_MNIST   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS     ?=
 CONTAINER_TOOLKITS := sagemaker-training==5.1.4 sagemaker-inference==1.10.1 sagemaker-pytorch-inference==2.0.25
-MUTATE          ?= expressions registry evaluate tuning engine preprocess inference serve
+MUTATE          ?= expressions registry evaluate tuning engine preprocess pixels inference serve
 # root runs apt-get directly; others through sudo when it is there
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -375,10 +375,12 @@ def _b64_image(value: Any, where: str) -> bytes:
             raise BadRequestError(f"{where}: data URI must be base64 (data:<type>;base64,<data>)")
     if not text:
         raise BadRequestError(f"{where}: empty image string")
+    compact = "".join(text.split())
+    url_safe = "-" in compact or "_" in compact  # the URL-safe alphabet, as strict as the standard one
+    if url_safe and ("+" in compact or "/" in compact):
+        raise BadRequestError(f"{where}: not valid base64 (it mixes the standard '+/' and URL-safe '-_' alphabets)")
     try:
-        if "-" in text or "_" in text:
-            return base64.urlsafe_b64decode(_pad(text))
-        return base64.b64decode(_pad("".join(text.split())), validate=True)
+        return base64.b64decode(_pad(compact), altchars=b"-_" if url_safe else None, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadRequestError(f"{where}: not valid base64 ({exc})") from None
 
@@ -387,11 +389,16 @@ def _pad(text: str) -> str:
     return text + "=" * (-len(text) % 4)
 
 
+def image_labels(count: int, batched: bool) -> list[str]:
+    """How messages name a request's images: ``images[i]`` in a batch (even of one), else ``image``."""
+    return [f"images[{i}]" if batched else "image" for i in range(count)]
+
+
 def _decode_all(
     payloads: Sequence[bytes], batched: bool, limits: Limits
 ) -> tuple[Image.Image, ...]:
     """Check every image's header against the pixel limits, then decode them all."""
-    labels = [f"images[{i}]" if batched else "image" for i in range(len(payloads))]
+    labels = image_labels(len(payloads), batched)
     opened = [_open_checked(data, label, limits) for data, label in zip(payloads, labels)]
     total = sum(im.size[0] * im.size[1] for im in opened)
     if total > limits.max_total_pixels:
@@ -446,13 +453,12 @@ def check_image_size(size: tuple[int, int], label: str, limits: Limits) -> None:
         )
 
 
-def check_resized_pixels(images: Sequence[Image.Image], image_size: int, limits: Limits) -> None:
+def check_resized_pixels(images: Sequence[Image.Image], image_size: int, limits: Limits, batched: bool) -> None:
     """Refuse (413) an image that would grow over ``max_resized_pixels`` when its shorter side
     is scaled to the model's input size, before anything is resized."""
-    for i, image in enumerate(images):
+    for image, label in zip(images, image_labels(len(images), batched)):
         width, height = resized_size(image.size[0], image.size[1], image_size)
         if width * height > limits.max_resized_pixels:
-            label = f"images[{i}]" if len(images) > 1 else "image"
             raise PayloadTooLargeError(
                 f"{label}: {image.size[0]}x{image.size[1]} would be resized to {width}x{height} = "
                 f"{width * height} pixels for this {image_size}px model, over the limit of "
@@ -489,7 +495,7 @@ def preprocess(images: Sequence[Image.Image], model: LoadedModel) -> torch.Tenso
 def predict_fn(data: InferenceRequest, model: LoadedModel) -> Prediction:
     """One batched forward pass; returns softmax probabilities (413 first if an image would
     be resized over ``IMGPIPE_MAX_RESIZED_PIXELS``)."""
-    check_resized_pixels(data.images, model.image_size, Limits.from_env())
+    check_resized_pixels(data.images, model.image_size, Limits.from_env(), data.batched)
     with torch.inference_mode():
         logits = model.model(preprocess(data.images, model))
         probabilities = torch.softmax(logits.float(), dim=1).cpu()

@@ -2,7 +2,7 @@
 # Mutation testing of the core modules with cosmic-ray (`make mutation`; not part of `make test`).
 #
 #   mutation/run.sh [MODULE ...]     MODULE: expressions engine tuning evaluate preprocess
-#                                    inference serve registry (default: all of them)
+#                                    pixels inference serve registry (default: all of them)
 #
 # Each module is mutated in a scratch copy of the tracked tree (.mutation/tree-<pid>), never in the
 # checkout. mutation/warm.py runs the module's test files (the table below) once under coverage,
@@ -38,6 +38,8 @@ TESTS[inference]="tests/test_inference_boundaries.py tests/test_properties_decod
 FILE[serve]=inference/serve.py
 TESTS[serve]="tests/test_inference_boundaries.py tests/test_serve.py tests/test_runtime_api.py tests/test_serve_edges.py tests/test_serve_hostile.py"
 FILE[registry]=pipelines/local/registry.py
+FILE[pixels]=training/imgclf/pixels.py
+TESTS[pixels]="tests/test_pixels.py tests/test_preprocess.py tests/test_preprocess_edges.py tests/test_properties_decoder.py"
 # Functions left unmutated: command-line plumbing and plot styling, which give no answer
 # the pipeline gates on (their mutants would be help texts, figure sizes and colours).
 declare -A SKIP
@@ -47,7 +49,7 @@ SKIP[serve]="parse_args main"
 TESTS[registry]="tests/test_wrong_answers.py tests/test_local_registry.py"
 
 modules=("$@")
-[ ${#modules[@]} -gt 0 ] || modules=(expressions registry evaluate tuning engine preprocess inference serve)
+[ ${#modules[@]} -gt 0 ] || modules=(expressions registry evaluate tuning engine preprocess pixels inference serve)
 for module in "${modules[@]}"; do
   [ -n "${FILE[$module]:-}" ] || { echo "unknown module '$module' (known: ${!FILE[*]})" >&2; exit 2; }
 done
@@ -77,6 +79,8 @@ for module in "${modules[@]}"; do
       "$HERE/cosmic-ray.toml.in" > "$config"
   cd "$TREE"
   export PYTHONPATH="$TREE:$TREE/training:$TREE/tests" PYTHONDONTWRITEBYTECODE=1
+  # the endpoint tests' tiny trained model: trained once for every mutant's test session
+  export IMGPIPE_TEST_MODEL_CACHE="$WORK/test-cache"
   if [ ! -f "$session" ]; then
     "$BIN/cosmic-ray" init "$config" "$session"
     "$BIN/cr-filter-operators" "$session" "$config"

@@ -26,9 +26,9 @@ project's own modules), listens on a Unix socket and, for each ``run``:
 Selected tests run quickest first (durations from the baseline run), so a killed mutant costs
 the time of its quickest killer.
 
-The exit status is pytest's: 0 (the mutant survived) or not (killed). A run that takes five
-times its tests' unmutated duration (plus 10 s) is stopped and counts as killed (status 124: the
-mutant hung the tests). If cosmic-ray times the client out, the client's socket closes and the
+The exit status is pytest's: 0 (the mutant survived) or not (killed). A run in which one test
+takes five times its unmutated duration (plus 10 s), or the run five times its tests' duration
+(plus 10 s), is stopped and counts as killed (status 124: the mutant hung the tests). If cosmic-ray times the client out, the client's socket closes and the
 server kills the child's process group.
 """
 from __future__ import annotations
@@ -54,6 +54,7 @@ PRELOAD = (
     "sklearn.metrics", "hypothesis", "matplotlib", "pytest", "yaml", "jsonschema",
 )
 TIMED_OUT = 124  # the exit status timeout(1) gives: the tests ran past their limit
+GRACE_SECONDS = 10.0  # added to five times the unmutated duration, for a run and for one test
 PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:cov"]
 
 
@@ -149,18 +150,47 @@ def select_tests(lines: set[int], by_line: dict[int, set[str]], tests: list[str]
 def time_limit(tests: list[str], durations: dict[str, float], whole: list[str]) -> float:
     """Seconds a run of ``tests`` may take: five times their unmutated duration, plus 10 s."""
     if tests == whole:
-        return 10 + 5 * sum(durations.values())
-    return 10 + 5 * sum(durations.get(test, 10.0) for test in tests)
+        return GRACE_SECONDS + 5 * sum(durations.values())
+    return GRACE_SECONDS + 5 * sum(durations.get(test, 10.0) for test in tests)
+
+
+def test_limit(test: str, durations: dict[str, float]) -> float:
+    """Seconds one test may take: five times its unmutated duration, plus 10 s."""
+    return GRACE_SECONDS + 5 * durations.get(test, 10.0)
+
+
+def progress_plugin(fd: int) -> object:
+    """pytest plugin of the forked child: tells the parent when each test's call phase starts
+    (a line with its node id) and ends (an empty line). Setup and teardown are not timed per
+    test: the first test to need a session fixture pays for building it."""
+    import pytest
+
+    class Progress:
+        @pytest.hookimpl(wrapper=True)
+        def pytest_runtest_call(self, item: pytest.Item):
+            os.write(fd, item.nodeid.encode() + b"\n")
+            try:
+                return (yield)
+            finally:
+                os.write(fd, b"\n")
+
+    return Progress()
 
 
 def run_child(tests: list[str], log: Path, conn: socket.socket, listener: socket.socket,
-              limit: float) -> int | None:
-    """pytest ``tests`` in a forked child; its exit status (TIMED_OUT after ``limit`` seconds:
-    a mutant that hangs the tests is caught), or None if the client went away."""
+              limit: float, durations: dict[str, float] | None = None) -> int | None:
+    """pytest ``tests`` in a forked child; its exit status, or None if the client went away.
+
+    TIMED_OUT (a mutant that hangs the tests) once the run passes ``limit`` seconds, or once one
+    test passes :func:`test_limit` (so a hang in a quick test is caught in seconds, not after the
+    whole list's allowance)."""
+    durations = durations or {}
+    progress_r, progress_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: its own process group, so a timeout can kill what the tests started
         try:
             os.setpgid(0, 0)
+            os.close(progress_r)
             conn.close()
             listener.close()
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -168,22 +198,32 @@ def run_child(tests: list[str], log: Path, conn: socket.socket, listener: socket
             os.dup2(fd, 2)
             sys.dont_write_bytecode = True
             import pytest
-            code = int(pytest.main(PYTEST_ARGS + tests))
+            code = int(pytest.main(PYTEST_ARGS + tests, plugins=[progress_plugin(progress_w)]))
         except BaseException:  # noqa: BLE001 - any failure in the child is a failed run
             code = 3
         os._exit(code)
-    deadline = time.monotonic() + limit
+    os.close(progress_w)
+    started = time.monotonic()
+    deadline, test_deadline, pending = started + limit, float("inf"), b""
     try:
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 return os.waitstatus_to_exitcode(status)
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline or now > test_deadline:
                 return TIMED_OUT
-            readable, _, _ = select.select([conn], [], [], 0.05)
-            if readable and not conn.recv(1, socket.MSG_PEEK):
+            readable, _, _ = select.select([conn, progress_r], [], [], 0.05)
+            if conn in readable and not conn.recv(1, socket.MSG_PEEK):
                 return None  # the client was killed (cosmic-ray's timeout)
+            if progress_r in readable:
+                pending += os.read(progress_r, 65536)
+                *events, pending = pending.split(b"\n")
+                if events:  # the latest: a test's call began (its id), or ended (empty)
+                    test_deadline = (time.monotonic() + test_limit(events[-1].decode(), durations)
+                                     if events[-1] else float("inf"))
     finally:
+        os.close(progress_r)
         try:
             os.killpg(pid, signal.SIGKILL)  # the child, if still running, and its subprocesses
         except ProcessLookupError:
@@ -215,10 +255,11 @@ def serve(args: argparse.Namespace) -> int:
             conn.recv(4096)  # the request carries nothing yet: the mutant is on disk
             lines = changed_lines(pristine, module.read_text().splitlines())
             selected = select_tests(lines, by_line, args.tests, durations) if lines else args.tests
-            code = run_child(selected, Path(args.log), conn, listener, time_limit(selected, durations, args.tests))
+            code = run_child(selected, Path(args.log), conn, listener,
+                             time_limit(selected, durations, args.tests), durations)
             if code == 0 and args.confirm and selected != args.tests:
                 code = run_child(args.tests, Path(args.log), conn, listener,
-                                 time_limit(args.tests, durations, args.tests))
+                                 time_limit(args.tests, durations, args.tests), durations)
             if code is None:
                 continue
             reply = {"code": code, "lines": sorted(lines),

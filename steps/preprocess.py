@@ -1,7 +1,8 @@
 """Prepare an image-classification dataset: validate, convert, de-duplicate and split.
 
 SageMaker processing entry point (ProcessingStep ``PrepareData``). Runs in SageMaker's
-PyTorch processing container and imports only the standard library, numpy and PIL.
+PyTorch processing container and imports only the standard library, PIL and
+``imgclf.pixels`` (the shared code shipped with it: the image conversion every step applies).
 
 Input layouts (detected automatically under ``--input-dir``)
 -------------------------------------------------------------
@@ -32,10 +33,12 @@ default) as a decompression-bomb guard. Files are skipped, with a reason code, w
 are: ``empty_file``, ``unsupported_type`` (extension), ``not_an_image`` (PIL cannot
 identify it, e.g. a text file named ``.jpg``), ``truncated``, ``corrupt``,
 ``decompression_bomb``, ``unsupported_mode``, ``unreadable`` or ``not_in_class_folder``.
-Images are converted to 8-bit RGB: ``L``/``1``/``P``/``CMYK``/``YCbCr`` via PIL; alpha
-(``RGBA``, ``LA``, ``PA``, ``P`` with transparency) is composited on white; 16-bit
-(``I;16*``) is scaled ``v8 = round(v16 / 257)`` (full range, never clipped); 32-bit ``I``
-likewise when its values fit 0..65535, else min-max scaled; ``F`` from 0..1 or 0..255.
+Images are converted to 8-bit RGB by ``imgclf.pixels.to_rgb``, the conversion training,
+evaluation and inference apply too: ``L``/``1``/``P``/``CMYK``/``YCbCr`` via PIL; alpha
+(``RGBA``, ``LA``, ``PA``, or a ``tRNS`` colour key on ``P``/``L``/``RGB``/16-bit) is
+composited on white; 16-bit (``I;16*``) is scaled ``v8 = round(v16 / 257)`` (full range,
+never clipped); 32-bit ``I`` likewise when its values fit 0..65535, else min-max scaled;
+``F`` from 0..1 or 0..255.
 The EXIF orientation is applied to the pixels. ``--max-image-side N`` downscales (Lanczos,
 aspect kept) images whose longer side exceeds N.
 
@@ -97,8 +100,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, TextIO
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imgclf.pixels import UnsupportedModeError, to_rgb
 
 Image.init()  # register every plugin, so Image.open(formats=...) knows them all
 
@@ -120,15 +124,10 @@ SPLIT_ALIASES = {
 }
 UNLABELLED_NAMES = frozenset({"pred", "predict", "prediction", "predictions", "unlabeled", "unlabelled"})
 SYSTEM_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini", "@eadir", "$recycle.bin"})
-WHITE = (255, 255, 255)
 
 
 class PreprocessError(Exception):
     """A problem with the input or the arguments, reported without a traceback."""
-
-
-class UnsupportedModeError(ValueError):
-    """PIL decoded the image but it has no RGB conversion."""
 
 
 # --------------------------------------------------------------------------- scanning
@@ -400,47 +399,6 @@ def classify_error(error: BaseException) -> tuple[str, str]:
     if "truncat" in str(error).lower():
         return "truncated", detail
     return "corrupt", detail
-
-
-def scale_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
-    """High-bit-depth grey pixels → uint8: 16-bit by /257, others by range."""
-    if mode.startswith("I;16"):
-        return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    if mode == "F":
-        values = np.nan_to_num(array.astype(np.float64))
-        lo, hi = float(values.min()), float(values.max())
-        if lo >= 0.0 and hi <= 1.0:
-            values = values * 255.0
-        elif not (lo >= 0.0 and hi <= 255.0):
-            values = (values - lo) * 255.0 / max(hi - lo, 1e-12)
-        return np.round(values).astype(np.uint8)
-    array = array.astype(np.int64)
-    lo, hi = int(array.min()), int(array.max())
-    if lo >= 0 and hi <= 65535:
-        return ((array + 128) // 257).astype(np.uint8)
-    span = max(hi - lo, 1)
-    return ((array - lo) * 255 // span).astype(np.uint8)
-
-
-def composite_on_white(image: Image.Image) -> Image.Image:
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, WHITE + (255,))
-    return Image.alpha_composite(background, rgba).convert("RGB")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB (alpha on white, 16-bit scaled, not clipped)."""
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
-        return composite_on_white(image)
-    if mode.startswith("I") or mode == "F":
-        return Image.fromarray(scale_to_uint8(np.asarray(image), mode)).convert("RGB")
-    try:
-        return image.convert("RGB")
-    except ValueError as error:
-        raise UnsupportedModeError(f"cannot convert mode {mode} to RGB: {error}") from error
 
 
 def exif_orientation(image: Image.Image) -> int:

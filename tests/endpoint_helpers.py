@@ -3,11 +3,14 @@
 The trained model is MobileNetV2 (ImageNet weights) fine-tuned by ``training/train.py`` for 6
 epochs on three digit classes of scikit-learn's digits rendered by ``pipelines.datasets`` at
 32 px (about 10 s on 2 cores); it is trained once per test session and shared by every endpoint
-test file (cached under pytest's session temp directory).
+test file (cached under pytest's session temp directory). With ``IMGPIPE_TEST_MODEL_CACHE`` set
+to a directory, it is trained once for all sessions that share that directory (the mutation
+runner starts one test session per mutant), keyed by what the model is made from.
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import subprocess
@@ -36,8 +39,21 @@ def render_digits(root: Path) -> Path:
     return root
 
 
+def training_digest() -> str:
+    """A hash of what the trained model is made from: the training code, the digits renderer
+    and this file."""
+    digest = hashlib.sha256()
+    sources = sorted((REPO / "training").rglob("*.py")) + [REPO / "pipelines" / "datasets.py", Path(__file__).resolve()]
+    for path in sources:
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def trained_model(cache: Path) -> tuple[Path, Path]:
     """(model dir with model.pth + model.json, data root with train/ and valid/), trained once."""
+    shared = os.environ.get("IMGPIPE_TEST_MODEL_CACHE")
+    if shared:
+        cache = Path(shared) / f"endpoint-model-{training_digest()}"
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -175,6 +175,18 @@ def test_a_long_image_is_refused_by_the_size_it_would_grow_to(monkeypatch):
         inference.predict_fn(inference.InferenceRequest((small, wide), True), model)
 
 
+def test_a_one_image_batch_names_its_image_as_a_batch_item_in_every_message(monkeypatch):
+    """``{"images": [x]}`` answers as a batch, so its messages say images[0], as the decoder's do."""
+    model = pooled_model(100)
+    body = json.dumps({"images": [b64(png(10, 200))]})
+    monkeypatch.setenv("IMGPIPE_MAX_IMAGE_PIXELS", "1999")
+    assert error_of(body).message.startswith("images[0]: ")
+    monkeypatch.delenv("IMGPIPE_MAX_IMAGE_PIXELS")
+    monkeypatch.setenv("IMGPIPE_MAX_RESIZED_PIXELS", "199999")
+    with pytest.raises(TOO_LARGE, match=r"^images\[0\]: 10x200 would be resized to 100x2000 "):
+        inference.predict_fn(inference.input_fn(body, JSON), model)
+
+
 # ---------------------------------------------------------------------------- request bodies
 def test_bodies_that_hold_nothing_are_named_for_what_they_are():
     assert error_of(None, "image/png").message.startswith("empty request body")
@@ -262,6 +274,18 @@ def test_base64_with_a_stray_character_is_refused_not_skipped():
     for stray in ("*", ".", "!"):
         error = error_of(json.dumps({"image": text[:8] + stray + text[8:]}))
         assert error.status_code == 400 and error.message.startswith("image: not valid base64")
+
+
+def test_url_safe_base64_is_as_strict_as_the_standard_alphabet():
+    data = next(d for d in (encode(make_image(seed, (5, 4))) for seed in range(50))
+                if set("-_") & set(base64.urlsafe_b64encode(d).decode()))
+    text = base64.urlsafe_b64encode(data).decode()
+    wrapped = "\n".join(text[i:i + 16] for i in range(0, len(text), 16))  # line breaks are skipped
+    [image] = inference.input_fn(json.dumps({"image": wrapped}), JSON).images
+    assert image.tobytes() == Image.open(io.BytesIO(data)).tobytes()
+    for stray in ("*", ".", "!", "+", "/"):
+        error = error_of(json.dumps({"image": text[:8] + stray + text[8:]}))
+        assert error.status_code == 400 and error.message.startswith("image: not valid base64"), stray
 
 
 def test_base64_that_is_not_ascii_is_a_400():

@@ -5,6 +5,7 @@ killer never ran), so the selection rules and a whole serve/run round trip are t
 """
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -103,6 +104,37 @@ def test_a_served_run_kills_tested_mutants_and_lets_an_untested_one_survive(tmp_
     finally:
         server.kill()
         server.wait()
+
+
+HANGING_TESTS = '''import time
+
+
+def test_quick():
+    assert True
+
+
+def test_hangs():
+    time.sleep(120)
+'''
+
+
+def test_a_test_that_hangs_is_stopped_at_its_own_limit_not_the_whole_runs(tmp_path, monkeypatch):
+    """A mutant that hangs a quick test is a kill within that test's allowance (5x its unmutated
+    duration plus the grace), long before the whole run's allowance runs out."""
+    (tmp_path / "test_hang.py").write_text(HANGING_TESTS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(warm, "GRACE_SECONDS", 1.0)
+    durations = {"test_hang.py::test_quick": 0.01, "test_hang.py::test_hangs": 0.01}
+    client, server_end = socket.socketpair()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with client, server_end, listener:
+        started = time.monotonic()
+        code = warm.run_child(["test_hang.py"], tmp_path / "runs.log", server_end, listener, 60.0, durations)
+        elapsed = time.monotonic() - started
+        assert code == warm.TIMED_OUT and elapsed < 20, elapsed
+        # a test within its allowance passes
+        assert warm.run_child(["test_hang.py::test_quick"], tmp_path / "runs.log", server_end, listener,
+                              60.0, durations) == 0
 
 
 def test_without_a_server_the_client_stops_its_parent_instead_of_reporting_a_kill(tmp_path):

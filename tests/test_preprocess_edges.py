@@ -20,6 +20,7 @@ from PIL import Image
 
 import imagefactory as factory
 import test_preprocess
+from imgclf.pixels import scale_to_uint8
 from scripts import load_script
 
 pre = load_script("imgpipe_steps_preprocess", "steps/preprocess.py")
@@ -33,20 +34,20 @@ failure_file = test_preprocess.failure_file  # autouse: SM_OUTPUT_FAILURE in tmp
 
 def test_float_pixels_already_in_0_255_are_kept_even_from_zero():
     values = np.array([[0.0, 100.0, 200.0]], dtype=np.float32)
-    assert pre.scale_to_uint8(values, "F").tolist() == [[0, 100, 200]]
+    assert scale_to_uint8(values, "F").tolist() == [[0, 100, 200]]
 
 
 def test_float_pixels_in_0_1_are_scaled_by_255_and_others_by_their_range():
-    assert pre.scale_to_uint8(np.array([[0.0, 0.5, 1.0]], dtype=np.float32), "F").tolist() == [[0, 128, 255]]
-    assert pre.scale_to_uint8(np.array([[-1.0, 0.0, 1.0]], dtype=np.float32), "F").tolist() == [[0, 128, 255]]
-    assert pre.scale_to_uint8(np.array([[0.0, 510.0]], dtype=np.float32), "F").tolist() == [[0, 255]]
+    assert scale_to_uint8(np.array([[0.0, 0.5, 1.0]], dtype=np.float32), "F").tolist() == [[0, 128, 255]]
+    assert scale_to_uint8(np.array([[-1.0, 0.0, 1.0]], dtype=np.float32), "F").tolist() == [[0, 128, 255]]
+    assert scale_to_uint8(np.array([[0.0, 510.0]], dtype=np.float32), "F").tolist() == [[0, 255]]
 
 
 def test_32_bit_integer_pixels_in_16_bit_range_scale_by_257_others_by_range():
-    assert pre.scale_to_uint8(np.array([[0, 1000, 65535]]), "I").tolist() == [[0, 4, 255]]
-    assert pre.scale_to_uint8(np.array([[0, 1000]]), "I").tolist() == [[0, 4]]  # not stretched to 255
-    assert pre.scale_to_uint8(np.array([[-10, 0, 10]]), "I").tolist() == [[0, 127, 255]]
-    assert pre.scale_to_uint8(np.array([[0, 65536]]), "I").tolist() == [[0, 255]]
+    assert scale_to_uint8(np.array([[0, 1000, 65535]]), "I").tolist() == [[0, 4, 255]]
+    assert scale_to_uint8(np.array([[0, 1000]]), "I").tolist() == [[0, 4]]  # not stretched to 255
+    assert scale_to_uint8(np.array([[-10, 0, 10]]), "I").tolist() == [[0, 127, 255]]
+    assert scale_to_uint8(np.array([[0, 65536]]), "I").tolist() == [[0, 255]]
 
 
 class _Unconvertible:
@@ -228,9 +229,9 @@ def test_exif_orientations_2_and_8_are_applied_and_invalid_0_and_9_are_ignored(t
 def test_a_constant_image_outside_the_plain_ranges_converts_without_dividing_by_zero():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert pre.scale_to_uint8(np.full((1, 3), 70000), "I").tolist() == [[0, 0, 0]]
-        assert pre.scale_to_uint8(np.full((1, 2), -5), "I").tolist() == [[0, 0]]
-        assert pre.scale_to_uint8(np.full((1, 2), -3.0, dtype=np.float32), "F").tolist() == [[0, 0]]
+        assert scale_to_uint8(np.full((1, 3), 70000), "I").tolist() == [[0, 0, 0]]
+        assert scale_to_uint8(np.full((1, 2), -5), "I").tolist() == [[0, 0]]
+        assert scale_to_uint8(np.full((1, 2), -3.0, dtype=np.float32), "F").tolist() == [[0, 0]]
 
 
 # --------------------------------------------------------------------------- layout and scanning
@@ -403,7 +404,7 @@ def test_a_failure_file_that_cannot_be_written_is_ignored(tmp_path, monkeypatch)
 
 def test_32_bit_integer_pixels_round_half_up_at_each_step_of_257():
     # 128/257 < 0.5 <= 129/257 and 385/257 < 1.5 <= 386/257
-    assert pre.scale_to_uint8(np.array([[128, 129, 385, 386]]), "I").tolist() == [[0, 1, 1, 2]]
+    assert scale_to_uint8(np.array([[128, 129, 385, 386]]), "I").tolist() == [[0, 1, 1, 2]]
 
 
 def test_downscale_keeps_at_least_one_pixel_on_the_short_side():
@@ -494,16 +495,16 @@ def test_files_of_other_types_are_skipped_naming_their_extension(tmp_path):
 
 
 def test_float_pixels_in_0_255_are_kept_only_beyond_1_and_others_scaled_by_their_range():
-    assert pre.scale_to_uint8(np.array([[0.0, 0.5]], dtype=np.float32), "F").tolist() == [[0, 128]]  # 0..1
-    assert pre.scale_to_uint8(np.array([[-0.5, 0.0]], dtype=np.float32), "F").tolist() == [[0, 255]]  # span < 1
-    assert pre.scale_to_uint8(np.array([[0.0, 1.25, 2.0]], dtype=np.float32), "F").tolist() == [[0, 1, 2]]
-    assert pre.scale_to_uint8(np.array([[10.0, 255.0]], dtype=np.float32), "F").tolist() == [[10, 255]]
-    assert pre.scale_to_uint8(np.array([[0.0, 255.5]], dtype=np.float32), "F").tolist() == [[0, 255]]
+    assert scale_to_uint8(np.array([[0.0, 0.5]], dtype=np.float32), "F").tolist() == [[0, 128]]  # 0..1
+    assert scale_to_uint8(np.array([[-0.5, 0.0]], dtype=np.float32), "F").tolist() == [[0, 255]]  # span < 1
+    assert scale_to_uint8(np.array([[0.0, 1.25, 2.0]], dtype=np.float32), "F").tolist() == [[0, 1, 2]]
+    assert scale_to_uint8(np.array([[10.0, 255.0]], dtype=np.float32), "F").tolist() == [[10, 255]]
+    assert scale_to_uint8(np.array([[0.0, 255.5]], dtype=np.float32), "F").tolist() == [[0, 255]]
 
 
 def test_32_bit_integer_pixels_just_beyond_16_bit_are_scaled_by_their_range():
-    assert pre.scale_to_uint8(np.array([[0, 1000, 65536]]), "I").tolist() == [[0, 3, 255]]
-    assert pre.scale_to_uint8(np.array([[-1, 0]]), "I").tolist() == [[0, 255]]
+    assert scale_to_uint8(np.array([[0, 1000, 65536]]), "I").tolist() == [[0, 3, 255]]
+    assert scale_to_uint8(np.array([[-1, 0]]), "I").tolist() == [[0, 255]]
 
 
 def test_alpha_is_composited_over_opaque_white():

@@ -1,6 +1,7 @@
 """Property-based tests (hypothesis) of the inference decoder on generated images of every
 PIL mode and many sizes and formats: each is accepted, keeps its size, and becomes the same
-``[3, S, S]`` uint8 pixels that training's preprocessing gives for the same file."""
+``[3, S, S]`` uint8 pixels that training's decoder gives for the same file, and the same that
+training saw of it after PrepareData converted it (transparency included)."""
 from __future__ import annotations
 
 import base64
@@ -8,6 +9,7 @@ import importlib.util
 import io
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +19,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from imgclf.data import image_to_uint8
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("imgpipe_inference_properties", REPO / "inference" / "inference.py")
 inference = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = inference
 _spec.loader.exec_module(inference)
+preprocess = load_script("imgpipe_steps_preprocess", "steps/preprocess.py")
 
 FAST = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 # PIL modes and the formats that can store each of them
@@ -99,3 +103,59 @@ def test_a_solid_colour_stays_that_colour(colour, width, height):
     [image] = inference.input_fn(buffer.getvalue(), "image/png").images
     pixels = image_to_uint8(image, SIDE).numpy()
     assert (np.abs(pixels.astype(int) - np.array(colour)[:, None, None]) <= 1).all()
+
+
+# ---------------------------------------------------------------------------- train/serve skew
+# Lossless formats only: preprocessing re-encodes a lossy source (JPEG quality 95), so its
+# training copy differs from the upload by the re-encoding however both are converted.
+LOSSLESS = {mode: [f for f in formats if f not in ("JPEG", "WEBP")] for mode, formats in FORMATS.items()}
+KEYED = {"L": ["PNG"], "RGB": ["PNG"], "I;16": ["PNG"], "P": ["PNG", "GIF"]}  # a tRNS colour key
+
+
+def with_alpha(mode: str, width: int, height: int, seed: int) -> Image.Image:
+    """RGBA or LA pixels with alpha anywhere in 0..255 (fully transparent included)."""
+    rng = np.random.default_rng(seed)
+    channels = {"RGBA": 4, "LA": 2}[mode]
+    return Image.fromarray(rng.integers(0, 256, (height, width, channels), dtype=np.uint8), mode)
+
+
+@st.composite
+def lossless_uploads(draw):
+    """An image file as a client might upload it, in a format preprocessing keeps lossless,
+    often with transparency: random alpha, or a colour key that some pixels match."""
+    width, height = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    seed = draw(st.integers(0, 2**16))
+    buffer = io.BytesIO()
+    kind = draw(st.sampled_from(["plain", "alpha", "keyed"]))
+    if kind == "alpha":
+        mode = draw(st.sampled_from(["RGBA", "LA"]))
+        fmt = draw(st.sampled_from(LOSSLESS[mode]))
+        with_alpha(mode, width, height, seed).save(buffer, format=fmt)
+    elif kind == "keyed":
+        mode = draw(st.sampled_from(sorted(KEYED)))
+        fmt = draw(st.sampled_from(KEYED[mode]))
+        image = make(mode, width, height, seed)
+        key = image.getpixel((0, 0))  # at least one pixel is transparent
+        image.save(buffer, format=fmt, transparency=key)
+    else:
+        mode = draw(st.sampled_from(sorted(m for m in LOSSLESS if LOSSLESS[m])))
+        fmt = draw(st.sampled_from(LOSSLESS[mode]))
+        make(mode, width, height, seed).save(buffer, format=fmt)
+    return f"{kind} {mode} {fmt}", fmt, buffer.getvalue()
+
+
+@FAST
+@given(case=lossless_uploads())
+def test_a_served_image_is_seen_as_its_preprocessed_training_copy(case):
+    """The model must see an upload as it saw the same file in training, where PrepareData had
+    converted it (alpha on white, 16-bit scaled) and written it as PNG."""
+    label, fmt, data = case
+    with tempfile.TemporaryDirectory() as scratch:
+        source = Path(scratch) / f"upload.{fmt.lower()}"
+        source.write_bytes(data)
+        staged = preprocess.process_file(preprocess.Task(0, str(source), str(Path(scratch) / "staged"), 0, 10**8))
+        assert staged["ok"], staged
+        with Image.open(staged["staged"]) as training_copy:
+            trained = image_to_uint8(training_copy, SIDE).numpy()
+    [served] = inference.input_fn(data, "application/x-image").images
+    assert np.array_equal(image_to_uint8(served, SIDE).numpy(), trained), label

@@ -19,13 +19,17 @@ model is loaded:
 - stopping: requests in flight and bodies still arriving are finished, idle keep-alive
   connections are closed, new connections are not served, and the server returns promptly;
 - the control socket: private (0600), ``status``/``activate``/``getfd``/``stop``, unknown and
-  malformed commands, a command without its newline;
+  malformed commands, a command without its newline, the 4 KiB command limit however the
+  command arrives; the startup line says whether the server is on standby;
+- model loading: a single model and each archive of a multi-model endpoint are loaded, warmed
+  up on an image of the model's size, and their load times and cache limits logged;
 - ``model_bytes`` counts parameters and buffers.
 """
 from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import logging
 import os
@@ -38,9 +42,11 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from PIL import Image
 
 from test_inference_boundaries import call, inference, serve
 
@@ -619,16 +625,61 @@ def wait_for_socket(path):
         time.sleep(0.01)
 
 
-def test_a_control_command_that_never_ends_its_line_is_cut_at_4_kib(tmp_path):
+@contextmanager
+def control_connection(tmp_path, timeout=5.0):
+    """A running server with a control socket, and a raw client connection to that socket."""
     path = tmp_path / "control.sock"
     with running(control=str(path)):
         wait_for_socket(path)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(3)
+            sock.settimeout(timeout)
             sock.connect(str(path))
-            sock.sendall(b" " * 4096)  # 4 KiB, no newline, and the connection stays open
-            assert sock.recv(65536) == b""  # read no further: closed without an answer
+            yield path, sock
+
+
+def test_a_control_command_that_never_ends_its_line_is_cut_at_4_kib(tmp_path):
+    with control_connection(tmp_path, timeout=3) as (path, sock):
+        sock.sendall(b" " * 4096)  # 4 KiB, no newline, and the connection stays open
+        assert sock.recv(65536) == b""  # read no further: closed without an answer
         assert control(path, {"cmd": "status"})[0]["ok"] is True
+
+
+def test_a_control_command_is_cut_at_4_kib_even_when_it_arrives_in_pieces(tmp_path):
+    """Pieces that pass 4 KiB without ever summing to exactly 4096 bytes stop the read too."""
+    with control_connection(tmp_path) as (_, sock):
+        sock.sendall(b" " * 3000)
+        time.sleep(0.2)  # the server has read the first piece
+        sock.sendall(b" " * 2000)  # 5000 bytes, no newline, and the connection stays open
+        started = time.monotonic()
+        assert sock.recv(65536) == b""  # closed without an answer ...
+        assert time.monotonic() - started < 3  # ... at once, not when the read times out
+
+
+def test_a_control_command_under_4_kib_is_read_until_its_newline_whatever_its_pieces(tmp_path):
+    with control_connection(tmp_path) as (_, sock):
+        head = b'{"cmd": "status"'
+        sock.sendall(head + b" " * (4095 - len(head)))  # one byte short of 4 KiB: not a whole command yet
+        time.sleep(0.2)
+        sock.sendall(b"}\n")
+        assert json.loads(sock.recv(65536))["ok"] is True
+
+
+def wait_for_file(path):
+    deadline = time.monotonic() + 5
+    while not path.is_file():
+        assert time.monotonic() < deadline, f"no {path.name}"
+        time.sleep(0.01)
+
+
+def test_the_startup_line_says_whether_the_server_is_on_standby(tmp_path, caplog):
+    for standby in (True, False):
+        caplog.clear()
+        ready = tmp_path / f"ready-{standby}.json"
+        with caplog.at_level(logging.INFO, logger="imgpipe.serve"), running(standby=standby, ready=str(ready)) as server:
+            wait_for_file(ready)
+        [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("serving on")]
+        expected = f"serving on 127.0.0.1:{server.port} (health port {server.health_port})"
+        assert line == expected + (", standby" if standby else "")
 
 
 def test_control_socket_commands_on_a_standby_server(tmp_path):
@@ -636,10 +687,7 @@ def test_control_socket_commands_on_a_standby_server(tmp_path):
     path.write_text("stale")  # left over by a crashed server: replaced
     threads_before = {t for t in threading.enumerate() if not t.daemon}
     with running(standby=True, control=str(path), ready=str(ready)) as server:
-        deadline = time.monotonic() + 5
-        while not ready.is_file():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for_file(ready)
         info = json.loads(ready.read_text())
         assert info["public_port"] == server.port and info["health_port"] == server.health_port
         assert info["active"] is False and info["stopping"] is False
@@ -687,3 +735,61 @@ def test_model_bytes_counts_parameters_and_buffers():
     layer = torch.nn.BatchNorm1d(4)  # weight, bias (4 float32 each); running mean/var (4 float32), a count (int64)
     assert serve.model_bytes(SimpleNamespace(model=layer)) == 8 * 4 + 8 * 4 + 8
     assert serve.model_bytes(SimpleNamespace(model=torch.nn.Linear(3, 2))) == (3 * 2 + 2) * 4
+
+
+# ------------------------------------------------------------------------------ model loading
+class Loadable(StandIn):
+    """A stand-in handler that also loads: ``model_fn`` gives a 3-class, 8 px model."""
+
+    Limits = inference.Limits
+
+    def __init__(self):
+        super().__init__()
+        self.loaded_from = []
+
+    def model_fn(self, model_dir):
+        self.loaded_from.append(sorted(p.name for p in Path(model_dir).iterdir()))
+        return SimpleNamespace(classes=["a", "b", "c"], image_size=8)
+
+    def predict_fn(self, data, model):
+        return super().predict_fn(data, model.classes)
+
+
+def load_seconds(caplog, pattern: str) -> float:
+    [seconds] = [float(m.group(1)) for r in caplog.records if (m := re.fullmatch(pattern, r.getMessage()))]
+    return seconds
+
+
+def test_a_single_model_is_loaded_warmed_up_and_its_load_time_logged(tmp_path, caplog):
+    handler = Loadable()
+    (tmp_path / "model.json").write_text("{}")
+    with caplog.at_level(logging.INFO, logger="imgpipe.serve"):
+        models = serve.load_models(handler, SimpleNamespace(multi_model=False, model_dir=str(tmp_path)))
+    assert isinstance(models, serve.SingleModel) and models.model.image_size == 8
+    assert handler.loaded_from == [["model.json"]]
+    [(warm_up_body, content_type)] = handler.seen  # one warm-up prediction, on an image of the model's size
+    assert content_type == "image/png" and Image.open(io.BytesIO(warm_up_body)).size == (8, 8)
+    assert 0 <= load_seconds(caplog, r"model loaded and warm in (\d+\.\d)s: 3 classes, 8px") < 60
+
+
+def test_each_archive_of_a_multi_model_endpoint_is_loaded_warmed_up_and_logged(tmp_path, caplog):
+    handler = Loadable()
+    archive = tmp_path / "v1" / "model.tar.gz"
+    archive.parent.mkdir()
+    archive.write_bytes(b"archive")
+    with caplog.at_level(logging.INFO, logger="imgpipe.serve"):
+        model = serve.archive_loader(handler)(archive)
+    assert model.classes == ["a", "b", "c"] and handler.loaded_from == [["model.tar.gz"]]
+    assert len(handler.seen) == 1
+    assert 0 <= load_seconds(caplog, rf"loaded {re.escape(str(archive))} in (\d+\.\d\d)s: 3 classes, 8px") < 60
+
+
+@pytest.mark.parametrize("environ, limit", [({}, "at most 8 models in memory"),
+                                            ({"IMGPIPE_MME_MAX_BYTES": "5000"}, "at most 8 models and 5000 bytes in memory")])
+def test_a_multi_model_endpoint_logs_its_cache_limits(tmp_path, caplog, monkeypatch, environ, limit):
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with caplog.at_level(logging.INFO, logger="imgpipe.serve"):
+        models = serve.load_models(Loadable(), SimpleNamespace(multi_model=True, model_dir=str(tmp_path)))
+    assert isinstance(models, serve.MultiModel)
+    assert f"multi-model endpoint over {tmp_path}: {limit}" in [r.getMessage() for r in caplog.records]

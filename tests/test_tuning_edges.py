@@ -53,16 +53,16 @@ def test_a_reverse_logarithmic_range_just_under_one_is_accepted():
     assert param.scaling == "ReverseLogarithmic" and param.high == 0.999
 
 
-def grid_config(max_jobs: int) -> tuple[dict, list]:
+def grid_config() -> tuple[dict, list]:
     params = tuning.parse_ranges(ranges(Integer=[{"Name": "n", "MinValue": "1", "MaxValue": "3"}],
                                         Categorical=[{"Name": "opt", "Values": ["sgd", "adam"]}]))
     config = {"Strategy": "Grid", "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": "m"}}
     return config, params
 
 
-@pytest.mark.parametrize("max_jobs, runs", [(0, 6), (2, 2), (6, 6), (50, 6)])
+@pytest.mark.parametrize("max_jobs, runs", [(None, 6), (1, 1), (2, 2), (6, 6), (50, 6)])
 def test_a_grid_runs_its_size_or_fewer_when_capped(max_jobs, runs):
-    config, params = grid_config(max_jobs)
+    config, params = grid_config()
     assert tuning.make_study(config, params, max_jobs)[1] == runs
 
 
@@ -362,12 +362,37 @@ def test_a_stopped_tuning_job_starts_no_further_trials(local, monkeypatch):
     assert len(describe["TrainingJobSummaries"]) == 1
 
 
-def test_without_max_number_of_training_jobs_a_random_search_runs_one_trial(local, monkeypatch):
+@pytest.mark.parametrize("limits", [{}, {"MaxNumberOfTrainingJobs": None}], ids=["absent", "null"])
+def test_without_max_number_of_training_jobs_a_random_search_runs_one_trial(local, monkeypatch, limits):
     """MaxNumberOfTrainingJobs is optional; the SageMaker SDK's default for non-Grid strategies is 1."""
     monkeypatch.setattr(tuning, "run_training_job", lambda request, job_name, ctx, on_metric=None: scored(request, job_name))
-    describe = tuning.run_tuning_job(scheduled_request(["1", "2"], "Random", parallel=1), "one", local.ctx)
+    request = scheduled_request(["1", "2"], "Random", parallel=1)
+    request["HyperParameterTuningJobConfig"]["ResourceLimits"].update(limits)
+    describe = tuning.run_tuning_job(request, "one", local.ctx)
     assert describe["HyperParameterTuningJobStatus"] == "Completed"
     assert len(describe["TrainingJobSummaries"]) == 1
+
+
+@pytest.mark.parametrize("limits", [{}, {"MaxNumberOfTrainingJobs": None}], ids=["absent", "null"])
+def test_without_max_number_of_training_jobs_a_grid_search_runs_the_whole_grid(local, monkeypatch, limits):
+    """SageMaker: with Grid, MaxNumberOfTrainingJobs is optional and the job runs every combination."""
+    monkeypatch.setattr(tuning, "run_training_job", lambda request, job_name, ctx, on_metric=None: scored(request, job_name))
+    request = scheduled_request(["1", "2", "3"], "Grid", parallel=1)
+    request["HyperParameterTuningJobConfig"]["ResourceLimits"].update(limits)
+    describe = tuning.run_tuning_job(request, "grid", local.ctx)
+    assert describe["HyperParameterTuningJobStatus"] == "Completed"
+    assert sorted(s["TunedHyperParameters"]["level"] for s in describe["TrainingJobSummaries"]) == ["1", "2", "3"]
+    assert describe["BestTrainingJob"]["TunedHyperParameters"]["level"] == "3"
+
+
+@pytest.mark.parametrize("value", [0, -2, "3", 2.5, True])
+def test_a_max_number_of_training_jobs_below_one_or_not_whole_fails_the_tuning_job(local, monkeypatch, value):
+    ran = []
+    monkeypatch.setattr(tuning, "run_training_job", lambda *args, **kwargs: ran.append(args))
+    describe = tuning.run_tuning_job(scheduled_request(["1", "2"], "Grid", parallel=1, max_jobs=value), "bad", local.ctx)
+    assert describe["HyperParameterTuningJobStatus"] == "Failed" and ran == []
+    assert describe["FailureReason"] == (
+        f"TuningConfigError: ResourceLimits.MaxNumberOfTrainingJobs must be a whole number >= 1, not {value!r}")
 
 
 def test_the_failure_reason_is_cut_to_sagemakers_1024_characters(local, monkeypatch):

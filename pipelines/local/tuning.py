@@ -112,8 +112,23 @@ def _validate_param(p: Param) -> None:
 
 
 # --------------------------------------------------------------------------- study
-def make_study(config: dict, params: list[Param], max_jobs: int) -> tuple[optuna.Study, int]:
-    """The optuna study for a HyperParameterTuningJobConfig, and how many trials to run."""
+def max_training_jobs(limits: dict) -> Optional[int]:
+    """``ResourceLimits.MaxNumberOfTrainingJobs``: None when absent or null (the field is optional).
+
+    A value below 1 or not a whole number is refused, as SageMaker's request validation does."""
+    value = limits.get("MaxNumberOfTrainingJobs")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TuningConfigError(f"ResourceLimits.MaxNumberOfTrainingJobs must be a whole number >= 1, not {value!r}")
+    return value
+
+
+def make_study(config: dict, params: list[Param], max_jobs: Optional[int]) -> tuple[optuna.Study, int]:
+    """The optuna study for a HyperParameterTuningJobConfig, and how many trials to run.
+
+    ``max_jobs`` None (``MaxNumberOfTrainingJobs`` not given): a Grid search runs the whole grid,
+    as SageMaker does; the other strategies run one trial, the SageMaker SDK's default."""
     strategy = config.get("Strategy", "Bayesian")
     seed = int(config.get("RandomSeed", DEFAULT_SEED))
     direction = "maximize" if config["HyperParameterTuningJobObjective"]["Type"] == "Maximize" else "minimize"
@@ -122,6 +137,8 @@ def make_study(config: dict, params: list[Param], max_jobs: int) -> tuple[optuna
         if strategy == "Hyperband":
             raise TuningConfigError("TrainingJobEarlyStoppingType must be Off with the Hyperband strategy")
         pruner = optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=MEDIAN_WARMUP_EPOCHS)
+    if max_jobs is None and strategy != "Grid":
+        max_jobs = 1
     if strategy == "Bayesian":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=min(10, max(2, max_jobs // 2)), constant_liar=True)
@@ -131,7 +148,7 @@ def make_study(config: dict, params: list[Param], max_jobs: int) -> tuple[optuna
         space = {p.name: p.grid_values() for p in params}
         sampler = _AskTellGridSampler(space, seed=seed)
         grid_size = math.prod(len(v) for v in space.values())
-        max_jobs = min(max_jobs, grid_size) if max_jobs else grid_size
+        max_jobs = grid_size if max_jobs is None else min(max_jobs, grid_size)
     elif strategy == "Hyperband":
         hb = ((config.get("StrategyConfig") or {}).get("HyperbandStrategyConfig") or {})
         sampler = optuna.samplers.RandomSampler(seed=seed)
@@ -244,7 +261,7 @@ class LocalTuner:
             raise TuningConfigError(f"objective metric {self.metric_name!r} is not among the MetricDefinitions {metric_names}")
         self.params = parse_ranges(self.config.get("ParameterRanges") or {})
         limits = self.config.get("ResourceLimits") or {}
-        self.study, self.max_jobs = make_study(self.config, self.params, int(limits.get("MaxNumberOfTrainingJobs", 1)))
+        self.study, self.max_jobs = make_study(self.config, self.params, max_training_jobs(limits))
         self.parallel = effective_parallel(int(limits.get("MaxParallelTrainingJobs", 1)), ctx.cores)
         self.cores_per_trial = max(1, ctx.cores // self.parallel)
         self.arn = job_arn(ctx.settings, "hyper-parameter-tuning-job", job_name)

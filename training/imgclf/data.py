@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .pixels import to_rgb
+
 MIN_AUGMENT_SIZE = 2  # the smallest image side augment_batch can shift (reflect padding of 1 px)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
@@ -48,8 +50,10 @@ def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
 
 def square_resize(image: Image.Image, size: int) -> Image.Image:
     """Apply EXIF orientation, resize the shorter side to ``size`` and centre-crop to
-    ``size`` x ``size`` (the same in preprocessing, training, evaluation and inference)."""
-    image = ImageOps.exif_transpose(image).convert("RGB")
+    ``size`` x ``size`` (the same in preprocessing, training, evaluation and inference).
+    Any mode becomes 8-bit RGB as preprocessing makes it (:func:`imgclf.pixels.to_rgb`: alpha
+    on white, 16-bit scaled), so an image a client sends is seen as its training copy was."""
+    image = to_rgb(ImageOps.exif_transpose(image))
     width, height = image.size
     new_w, new_h = resized_size(width, height, size)
     if (new_w, new_h) != (width, height):
