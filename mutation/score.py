@@ -10,9 +10,18 @@ import sys
 from pathlib import Path
 
 
+def open_session(session: Path | str) -> sqlite3.Connection:
+    """A cosmic-ray session, read-only: a wrong path is an error, never a new empty file (which
+    run.sh would then take for an existing session and never initialise)."""
+    path = Path(session)
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such session (make mutation MUTATE={path.stem} creates it)")
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+
 def score(session: Path) -> dict[str, int]:
     """Counts of killed, survived, incompetent (the mutant did not even import) and pending."""
-    with sqlite3.connect(session) as conn:
+    with open_session(session) as conn:
         rows = conn.execute(
             "SELECT r.worker_outcome, r.test_outcome FROM work_items w "
             "LEFT JOIN work_results r ON r.job_id = w.job_id").fetchall()

@@ -5,13 +5,14 @@ changed source line before and after.
 """
 from __future__ import annotations
 
-import sqlite3
 import sys
+
+from score import open_session  # mutation/score.py, beside this file
 
 
 def survivors(session: str) -> list[tuple[int, str, str, str, str]]:
     """(line, function, operator, original line, mutated line) of each surviving mutant."""
-    with sqlite3.connect(session) as conn:
+    with open_session(session) as conn:
         rows = conn.execute(
             "SELECT m.start_pos_row, m.definition_name, m.operator_name, r.diff FROM work_results r "
             "JOIN mutation_specs m ON m.job_id = r.job_id WHERE r.test_outcome = 'SURVIVED' "

@@ -174,3 +174,14 @@ def test_a_recheck_reruns_survivors_and_leaves_unrun_mutants_for_later(tmp_path)
     with sqlite3.connect(session) as conn:
         assert recheck.end(conn) == f"{unrun} unrun mutants pending again"
     assert score.score(session) == {"killed": 1, "survived": 0, "incompetent": 0, "pending": unrun + 1}
+
+
+def test_scoring_a_session_that_does_not_exist_is_an_error_and_creates_nothing(tmp_path):
+    """A mistyped session must not become an empty file: run.sh would take it for a session
+    and never initialise it."""
+    missing = tmp_path / "inference.sqlite"
+    for script in ("score.py", "survivors.py"):
+        result = subprocess.run([sys.executable, str(REPO / "mutation" / script), str(missing)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and "no such session" in result.stderr, script
+        assert not missing.exists()
