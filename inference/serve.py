@@ -269,7 +269,7 @@ class DataCapture:
 
     def maybe_capture(self, body: bytes, content_type: Optional[str], answer: bytes) -> None:
         with self._lock:
-            if self.percent <= 0 or self._random.uniform(0, 100) >= self.percent:
+            if self._random.random() * 100 >= self.percent:  # in [0, 100): 0 % never, 100 % always
                 return
         now = datetime.now(timezone.utc)
         record = {
@@ -336,7 +336,7 @@ class Server(TcpWSGIServer):
     ``request_timeout`` seconds, are closed (slow clients)."""
 
     channel_class = GuardedChannel
-    request_timeout = 30.0
+    request_timeout: float  # seconds; set by _listener from ConnectionLimits
 
     def readable(self) -> bool:
         now = time.time()
@@ -428,6 +428,11 @@ def _listener(app: Any, adj: Adjustments, dispatcher: ThreadedTaskDispatcher, re
     return server
 
 
+def _loop_once(socket_map: dict, timeout: float) -> None:
+    """One pass of waitress's event loop over ``socket_map`` (poll(2)), waiting at most ``timeout`` s."""
+    wasyncore.loop(timeout=timeout, map=socket_map, use_poll=True, count=1)
+
+
 class ModelServer:
     """The health listener, the public listener, the control socket and the event loop."""
 
@@ -436,7 +441,7 @@ class ModelServer:
                  limits: ConnectionLimits = ConnectionLimits()):
         self.app = app
         common = dict(host="127.0.0.1", port=0, ident="imgpipe", max_request_body_size=max_body,
-                      expose_tracebacks=False, asyncore_use_poll=True, cleanup_interval=1,
+                      expose_tracebacks=False, cleanup_interval=1,
                       channel_timeout=limits.idle_timeout)
         self.adj = Adjustments(threads=threads, connection_limit=limits.max_connections, **common)
         self.dispatcher = ThreadedTaskDispatcher()
@@ -445,7 +450,7 @@ class ModelServer:
         # connections nor busy request threads on the public port can delay its /ping
         self.health_dispatcher = ThreadedTaskDispatcher()
         self.health_dispatcher.set_thread_count(1)
-        health_adj = Adjustments(threads=1, connection_limit=limits.health_connections, **common)
+        health_adj = Adjustments(connection_limit=limits.health_connections, **common)
         self.health = _listener(HealthApp(app.health_info), health_adj, self.health_dispatcher, limits.request_timeout)
         public.setblocking(False)
         self.listener = public
@@ -496,7 +501,7 @@ class ModelServer:
 
     def _serve_health(self) -> None:
         while not self.health_done.is_set():
-            wasyncore.loop(timeout=LOOP_TIMEOUT, map=self.health._map, use_poll=True, count=1)
+            _loop_once(self.health._map, LOOP_TIMEOUT)
         self.health_dispatcher.shutdown(timeout=2)
         wasyncore.close_all(self.health._map)
 
@@ -509,13 +514,13 @@ class ModelServer:
                  self.health_port, "" if self.active.is_set() else ", standby")
         while not self.stopping.is_set():
             self.public.accepting = self.active.is_set()
-            wasyncore.loop(timeout=LOOP_TIMEOUT, map=self.map, use_poll=True, count=1)
+            _loop_once(self.map, LOOP_TIMEOUT)
         # drain: stop accepting (the socket stays open for whoever holds it), finish requests
         self.public.accepting = False
         LOG.info("stopping: draining requests in flight")
         deadline, quiet_since = time.monotonic() + DRAIN_MAX_SECONDS, None
         while time.monotonic() < deadline:
-            wasyncore.loop(timeout=0.05, map=self.map, use_poll=True, count=1)
+            _loop_once(self.map, 0.05)
             self._close_idle_connections()
             if self._busy():
                 quiet_since = None
@@ -553,7 +558,7 @@ class ModelServer:
             sock.bind(self.control_path)  # mode 0600: this user only
         finally:
             os.umask(old)
-        sock.listen(8)
+        sock.listen()
         threading.Thread(target=self._control_loop, args=(sock,), daemon=True, name="control").start()
 
     def _control_loop(self, sock: socket.socket) -> None:
@@ -607,7 +612,7 @@ def warm_up(handler: Any, model: Any) -> None:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.new("RGB", (model.image_size, model.image_size), (127, 127, 127)).save(buffer, "PNG")
+    Image.new("RGB", (model.image_size, model.image_size)).save(buffer, "PNG")
     handler.output_fn(handler.predict_fn(handler.input_fn(buffer.getvalue(), "image/png"), model), None)
 
 
