@@ -362,11 +362,12 @@ def test_a_stopped_tuning_job_starts_no_further_trials(local, monkeypatch):
     assert len(describe["TrainingJobSummaries"]) == 1
 
 
+@pytest.mark.parametrize("strategy", ["Random", "Bayesian", "Hyperband"])
 @pytest.mark.parametrize("limits", [{}, {"MaxNumberOfTrainingJobs": None}], ids=["absent", "null"])
-def test_without_max_number_of_training_jobs_a_random_search_runs_one_trial(local, monkeypatch, limits):
+def test_without_max_number_of_training_jobs_other_searches_run_one_trial(local, monkeypatch, limits, strategy):
     """MaxNumberOfTrainingJobs is optional; the SageMaker SDK's default for non-Grid strategies is 1."""
     monkeypatch.setattr(tuning, "run_training_job", lambda request, job_name, ctx, on_metric=None: scored(request, job_name))
-    request = scheduled_request(["1", "2"], "Random", parallel=1)
+    request = scheduled_request(["1", "2"], strategy, parallel=1)
     request["HyperParameterTuningJobConfig"]["ResourceLimits"].update(limits)
     describe = tuning.run_tuning_job(request, "one", local.ctx)
     assert describe["HyperParameterTuningJobStatus"] == "Completed"
