@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from imgclf.data import image_to_uint8
-from imgclf.pixels import WHITE, to_rgb
+from imgclf.pixels import WHITE, scale_to_uint8, to_rgb
 
 
 def reopened(image: Image.Image, fmt: str = "PNG", **save) -> Image.Image:
@@ -76,3 +76,9 @@ def test_training_inference_and_preprocessing_see_a_transparent_background_as_wh
     rgba[1:3, 1:3] = (200, 10, 10, 255)
     pixels = image_to_uint8(Image.fromarray(rgba, "RGBA"), 4).numpy()
     assert pixels[:, 0, 0].tolist() == list(WHITE) and pixels[:, 1, 1].tolist() == [200, 10, 10]
+
+
+def test_float_pixels_within_0_to_1_are_scaled_by_255_even_without_a_zero():
+    """Within [0, 1] is a fraction whatever its minimum; [0, 255] otherwise stays as it is."""
+    assert scale_to_uint8(np.array([[0.5, 1.0]], dtype=np.float32), "F").tolist() == [[128, 255]]
+    assert scale_to_uint8(np.array([[0.5, 2.0]], dtype=np.float32), "F").tolist() == [[0, 2]]

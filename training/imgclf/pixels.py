@@ -58,8 +58,8 @@ def _high_bit_depth_to_rgb(image: Image.Image) -> Image.Image:
     values = np.asarray(image)
     grey = scale_to_uint8(values, image.mode)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
-    key = image.info.get("transparency")
-    if isinstance(key, int) and not isinstance(key, bool):
+    key = image.info.get("transparency")  # a grey value for these modes
+    if key is not None:
         rgb[values == key] = WHITE
     return Image.fromarray(rgb, "RGB")
 
