@@ -756,6 +756,8 @@ class Loadable(StandIn):
 
 
 def load_seconds(caplog, pattern: str) -> float:
+    """The load time a log line reports. A stand-in model loads in milliseconds: a wrong formula
+    (``time.time() / started`` is 1.0, a sum or product is huge) shows."""
     [seconds] = [float(m.group(1)) for r in caplog.records if (m := re.fullmatch(pattern, r.getMessage()))]
     return seconds
 
@@ -769,7 +771,7 @@ def test_a_single_model_is_loaded_warmed_up_and_its_load_time_logged(tmp_path, c
     assert handler.loaded_from == [["model.json"]]
     [(warm_up_body, content_type)] = handler.seen  # one warm-up prediction, on an image of the model's size
     assert content_type == "image/png" and Image.open(io.BytesIO(warm_up_body)).size == (8, 8)
-    assert 0 <= load_seconds(caplog, r"model loaded and warm in (\d+\.\d)s: 3 classes, 8px") < 60
+    assert 0 <= load_seconds(caplog, r"model loaded and warm in (\d+\.\d)s: 3 classes, 8px") < 0.9
 
 
 def test_each_archive_of_a_multi_model_endpoint_is_loaded_warmed_up_and_logged(tmp_path, caplog):
@@ -781,7 +783,7 @@ def test_each_archive_of_a_multi_model_endpoint_is_loaded_warmed_up_and_logged(t
         model = serve.archive_loader(handler)(archive)
     assert model.classes == ["a", "b", "c"] and handler.loaded_from == [["model.tar.gz"]]
     assert len(handler.seen) == 1
-    assert 0 <= load_seconds(caplog, rf"loaded {re.escape(str(archive))} in (\d+\.\d\d)s: 3 classes, 8px") < 60
+    assert 0 <= load_seconds(caplog, rf"loaded {re.escape(str(archive))} in (\d+\.\d\d)s: 3 classes, 8px") < 0.9
 
 
 @pytest.mark.parametrize("environ, limit", [({}, "at most 8 models in memory"),
