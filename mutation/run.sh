@@ -10,9 +10,11 @@
 # the mutated lines, quickest first, stopping at the first failure. Results: .mutation/<module>.sqlite (resumable: a re-run
 # continues where it stopped) and .mutation/<module>.txt (survivors listed by cr-report).
 # CONFIRM=1 runs the whole table entry before calling a mutant a survivor (see warm.py).
-# RECHECK=1 re-runs only a session's survivors (after adding tests), leaving any unrun mutants
+# RECHECK=1 re-runs only a session's survivors (after adding tests; RECHECK_LINES=636,657: only
+# those on these lines of the module), leaving any unrun mutants
 # for a later plain run (mutation/recheck.py); when the module's
-# source changes, delete its session instead (mutants are stored by line and column).
+# source changes, delete its session instead (a mutant is stored as an operator and the number
+# of its occurrence in the file, which an edit shifts).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -89,7 +91,7 @@ for module in "${modules[@]}"; do
   fi
   "$PY" "$HERE/recheck.py" "$session" end > /dev/null  # an interrupted RECHECK's parked mutants
   if [ "${RECHECK:-0}" = 1 ]; then
-    "$PY" "$HERE/recheck.py" "$session" begin
+    "$PY" "$HERE/recheck.py" "$session" begin "${RECHECK_LINES:-}"
   fi
   echo "== $module: ${FILE[$module]} against$tests"
   # The warm runner (mutation/warm.py): baseline run under coverage, then one fork per mutant.

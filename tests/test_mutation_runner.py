@@ -176,6 +176,27 @@ def test_a_recheck_reruns_survivors_and_leaves_unrun_mutants_for_later(tmp_path)
     assert score.score(session) == {"killed": 1, "survived": 0, "incompetent": 0, "pending": unrun + 1}
 
 
+def test_a_recheck_of_some_lines_reruns_only_the_survivors_on_them(tmp_path):
+    recheck = load_script("imgpipe_mutation_recheck", "mutation/recheck.py")
+    score = load_script("imgpipe_mutation_score", "mutation/score.py")
+    (tmp_path / "toy.py").write_text(TOY)
+    (tmp_path / "cr.toml").write_text('[cosmic-ray]\nmodule-path = "toy.py"\ntimeout = 10\n'
+                                      'excluded-modules = []\ntest-command = "true"\n'
+                                      '[cosmic-ray.distributor]\nname = "local"\n')
+    session = tmp_path / "toy.sqlite"
+    subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "init", "cr.toml", str(session)],
+                   cwd=tmp_path, check=True, capture_output=True)
+    with sqlite3.connect(session) as conn:
+        rows = conn.execute("SELECT job_id, start_pos_row FROM mutation_specs ORDER BY start_pos_row").fetchall()
+        on_line_2 = [job for job, row in rows if row == 2]
+        assert on_line_2 and any(row != 2 for _, row in rows)
+        conn.executemany("INSERT INTO work_results (job_id, worker_outcome, output, test_outcome, diff) "
+                         "VALUES (?, 'NORMAL', '', 'SURVIVED', '')", [(job,) for job, _ in rows])
+        assert recheck.begin(conn, {2}) == f"{len(on_line_2)} survivors to re-run (0 unrun mutants left for a later run)"
+    assert score.score(session) == {"killed": 0, "survived": len(rows) - len(on_line_2), "incompetent": 0,
+                                    "pending": len(on_line_2)}
+
+
 def test_scoring_a_session_that_does_not_exist_is_an_error_and_creates_nothing(tmp_path):
     """A mistyped session must not become an empty file: run.sh would take it for a session
     and never initialise it."""
