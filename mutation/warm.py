@@ -28,8 +28,9 @@ the time of its quickest killer.
 
 The exit status is pytest's: 0 (the mutant survived) or not (killed). A run in which one test
 takes five times its unmutated duration (plus 10 s), or the run five times its tests' duration
-(plus 10 s), is stopped and counts as killed (status 124: the mutant hung the tests). If cosmic-ray times the client out, the client's socket closes and the
-server kills the child's process group.
+(plus 10 s), is stopped and counts as killed (status 124: the mutant hung the tests). If
+cosmic-ray times the client out, the client's socket closes and the server kills the child's
+process group.
 """
 from __future__ import annotations
 
