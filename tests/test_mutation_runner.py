@@ -16,6 +16,8 @@ from scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 warm = load_script("imgpipe_mutation_warm", "mutation/warm.py")
+recheck = load_script("imgpipe_mutation_recheck", "mutation/recheck.py")
+score = load_script("imgpipe_mutation_score", "mutation/score.py")
 
 
 def test_changed_lines_are_the_pristine_line_numbers_that_differ():
@@ -148,11 +150,8 @@ def test_without_a_server_the_client_stops_its_parent_instead_of_reporting_a_kil
     assert stopping.returncode == -15 and "parent-went-on" not in stopping.stdout
 
 
-def test_a_recheck_reruns_survivors_and_leaves_unrun_mutants_for_later(tmp_path):
-    """A session stopped part-way: RECHECK re-runs its survivors only, then its unrun mutants are
-    pending again (parking them must not drop them from the score for good)."""
-    recheck = load_script("imgpipe_mutation_recheck", "mutation/recheck.py")
-    score = load_script("imgpipe_mutation_score", "mutation/score.py")
+def toy_session(tmp_path: Path) -> Path:
+    """A cosmic-ray session of TOY's mutants, none run yet."""
     (tmp_path / "toy.py").write_text(TOY)
     (tmp_path / "cr.toml").write_text('[cosmic-ray]\nmodule-path = "toy.py"\ntimeout = 10\n'
                                       'excluded-modules = []\ntest-command = "true"\n'
@@ -160,6 +159,13 @@ def test_a_recheck_reruns_survivors_and_leaves_unrun_mutants_for_later(tmp_path)
     session = tmp_path / "toy.sqlite"
     subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "init", "cr.toml", str(session)],
                    cwd=tmp_path, check=True, capture_output=True)
+    return session
+
+
+def test_a_recheck_reruns_survivors_and_leaves_unrun_mutants_for_later(tmp_path):
+    """A session stopped part-way: RECHECK re-runs its survivors only, then its unrun mutants are
+    pending again (parking them must not drop them from the score for good)."""
+    session = toy_session(tmp_path)
     with sqlite3.connect(session) as conn:
         jobs = [row[0] for row in conn.execute("SELECT job_id FROM work_items ORDER BY job_id")]
         assert len(jobs) >= 4
@@ -177,15 +183,7 @@ def test_a_recheck_reruns_survivors_and_leaves_unrun_mutants_for_later(tmp_path)
 
 
 def test_a_recheck_of_some_lines_reruns_only_the_survivors_on_them(tmp_path):
-    recheck = load_script("imgpipe_mutation_recheck", "mutation/recheck.py")
-    score = load_script("imgpipe_mutation_score", "mutation/score.py")
-    (tmp_path / "toy.py").write_text(TOY)
-    (tmp_path / "cr.toml").write_text('[cosmic-ray]\nmodule-path = "toy.py"\ntimeout = 10\n'
-                                      'excluded-modules = []\ntest-command = "true"\n'
-                                      '[cosmic-ray.distributor]\nname = "local"\n')
-    session = tmp_path / "toy.sqlite"
-    subprocess.run([str(Path(sys.executable).parent / "cosmic-ray"), "init", "cr.toml", str(session)],
-                   cwd=tmp_path, check=True, capture_output=True)
+    session = toy_session(tmp_path)
     with sqlite3.connect(session) as conn:
         rows = conn.execute("SELECT job_id, start_pos_row FROM mutation_specs ORDER BY start_pos_row").fetchall()
         on_line_2 = [job for job, row in rows if row == 2]
